@@ -1,0 +1,48 @@
+"""``stackbook lab``: JupyterLab with the environment a headless run would have."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from stackbook import catalog, environments, project
+from stackbook import secrets as secrets_mod
+from stackbook.results import RESULTS_ENV
+from stackbook.runner import TELEMETRY_OFF
+
+
+def lab_environment(env_name: str) -> dict[str, str]:
+    """DATABASE_URL, STACKBOOK_* and every secret any runbook declares (those that are set)."""
+    from stackbook import db
+
+    env = environments.load(env_name)
+    names = sorted({s for rb in catalog.all_runbooks() for s in rb.metadata.get("secrets", [])})
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found.update(secrets_mod.collect([name], env.name))
+        except secrets_mod.SecretError:
+            pass  # a runbook that needs it will say so when it runs
+    lab_dir = project.state_dir() / "lab"
+    lab_dir.mkdir(exist_ok=True)
+    return {
+        **TELEMETRY_OFF,
+        **found,
+        "DATABASE_URL": db.url(),
+        "STACKBOOK_PROJECT": str(project.root()),
+        "STACKBOOK_ENV": env.name,
+        RESULTS_ENV: str(lab_dir / f"results-{env.name}.jsonl"),
+    }
+
+
+def command(env_name: str, port: int = 8888, open_browser: bool = True) -> tuple[list[str], dict[str, str]]:
+    env_vars = lab_environment(env_name)
+    cmd = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={project.root()}", "--ip=127.0.0.1",
+           f"--port={port}"]
+    if not open_browser:
+        cmd.append("--no-browser")
+    return cmd, env_vars
+
+
+def exec_lab(cmd: list[str], env_vars: dict[str, str]) -> None:
+    os.execve(cmd[0], cmd, {**os.environ, **env_vars})
