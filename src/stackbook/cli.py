@@ -59,7 +59,47 @@ def _setup_logging(verbose: bool = False) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Subcommands that live in their own modules, imported only when invoked (fast start-up)."""
+
+    lazy: dict[str, tuple[str, str, str]] = {
+        # name: (module, attribute, one-line help shown by `stackbook --help`)
+        "pipeline": ("stackbook.pipelines.cli", "pipeline", "Pipelines of runbooks: list, show, run."),
+        "schedule": ("stackbook.schedules.cli", "schedule", "Schedules: crontab lines, Airflow DAGs, CronJobs."),
+        "metrics": ("stackbook.metrics", "metrics", "Prometheus metrics of the run ledger."),
+        "book": ("stackbook.book.cli", "book", "Build the Jupyter Book with the evidence of the latest runs."),
+        "new": ("stackbook.book.cli", "new", "Scaffold a runbook that passes the runbook contract."),
+    }
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr, _ = self.lazy[name]
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise click.ClickException(f"command {name!r} is not available: {exc}") from exc
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy and name not in self.commands:
+                rows.append((name, self.lazy[name][2]))
+            else:
+                cmd = self.commands.get(name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stackbook")
 def main() -> None:
     """stackbook: an operations handbook that runs.

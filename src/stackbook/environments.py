@@ -68,3 +68,10 @@ def load(name: str = DEFAULT_ENV) -> Environment:
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise EnvironmentFileError(f"{path}: {key} must be a mapping", env=name)
     return Environment(name=name, path=path, data=data)
+
+
+def current() -> Environment:
+    """The environment of this run (``$STACKBOOK_ENV``, set by the runner and ``stackbook lab``), else dev."""
+    import os
+
+    return load(os.environ.get("STACKBOOK_ENV") or DEFAULT_ENV)
