@@ -185,6 +185,8 @@ def parse_parameters(source: str, where: str) -> list[Parameter]:
             kind, choices, nullable, annotation = None, None, False, ""
         elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
             continue  # a docstring
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module == "typing":
+            continue  # `from typing import Literal`, needed for Literal annotations to run
         else:
             line = ast.get_source_segment(source, stmt) or ""
             raise NotebookError(

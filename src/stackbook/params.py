@@ -51,8 +51,10 @@ def from_text(p: Parameter, text: str) -> Any:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise _fail(p, text, f"not valid JSON/YAML: {exc.problem if hasattr(exc, 'problem') else exc}") from None
-        return check(p, value)
+            raise _fail(p, text, f"not valid JSON/YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(value, list if p.type == "list" else dict):
+            raise _fail(p, text)
+        return value
     if p.type == "Literal":
         for choice in p.choices or []:
             if str(choice) == text:

@@ -1,0 +1,160 @@
+"""Every CLI command and exit code, against the real database and real kernels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+FIX = ROOT / "tests" / "fixtures" / "foundation"
+RECORD_FIELDS = {"id", "runbook", "env", "status", "params", "results", "output", "started_at", "finished_at",
+                 "duration_s", "error"}
+
+
+def nb(name: str) -> str:
+    return str(FIX / f"{name}.ipynb")
+
+
+def ledger_count(db, runbook: str) -> int:
+    db.execute("create schema if not exists stackbook")
+    exists = db.execute("select to_regclass('stackbook.runs') is not null").fetchone()[0]
+    if not exists:
+        return 0
+    return db.execute("select count(*) from stackbook.runs where runbook = %s", (runbook,)).fetchone()[0]
+
+
+def test_help_on_every_command(cli):
+    top = cli("--help")
+    assert top.code == 0
+    for command in ("up", "down", "status", "list", "show", "run", "runs", "lab"):
+        assert command in top.out
+        res = cli(command, "--help")
+        assert res.code == 0 and "Usage:" in res.out, res
+    assert cli("runs", "show", "--help").code == 0
+
+
+def test_status_json_and_second_up(cli, database_url):
+    st = cli("status", "--json")
+    assert st.code == 0 and st.json()["running"] is True and st.json()["database_url"] == database_url
+    again = cli("up")
+    assert again.code == 0 and "already running" in again.out
+
+
+def test_list_and_show(cli):
+    res = cli("list", "--json")
+    assert res.code == 0
+    items = {i["name"]: i for i in res.json()}
+    assert items["platform_check"]["area"] == "ops"
+    assert set(items["platform_check"]) >= {"name", "area", "title", "tags", "schedule", "destructive"}
+    show = cli("show", "platform_check", "--json").json()
+    assert {p["name"] for p in show["parameters"]} == {"min_runbooks", "max_db_latency_ms"}
+    assert all(set(p) >= {"name", "type", "default", "help"} for p in show["parameters"])
+    assert show["metadata"]["owner"] == "platform"
+    human = cli("show", "platform_check")
+    assert "min_runbooks" in human.out and "int" in human.out
+
+
+def test_run_succeeds_with_typed_parameters_and_records(cli, db):
+    res = cli("run", nb("typed"), "-p", "rows=5", "-p", "items=[1, 2]", "-p", "mode=slow", "-p", "flag=true",
+              "--json")
+    assert res.code == 0, res
+    rec = res.json()
+    assert RECORD_FIELDS <= set(rec)
+    assert rec["status"] == "succeeded" and rec["error"] is None
+    assert rec["params"]["rows"] == 5 and rec["params"]["items"] == [1, 2] and rec["params"]["flag"] is True
+    assert rec["results"]["rows"] == 5 and rec["results"]["mode"] == "slow"
+    executed = json.loads(Path(rec["output"]).read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "rows = 5" in "".join(injected[0]["source"])
+    assert any("hello world" in "".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
+    shown = cli("runs", "show", rec["id"], "--json").json()
+    assert shown["id"] == rec["id"] and shown["results"] == rec["results"] and shown["git_commit"]
+    listed = cli("runs", "--runbook", "typed", "--status", "succeeded", "--limit", "5", "--json").json()
+    assert rec["id"] in [r["id"] for r in listed]
+    assert "typed" in cli("runs", "--runbook", "typed").out
+
+
+def test_params_file_and_env_precedence(cli, tmp_path):
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text("rows: 7\nname: from-file\n")
+    rec = cli("run", nb("typed"), "-f", str(pfile), "-p", "name=from-cli", "--json").json()
+    assert rec["params"]["rows"] == 7 and rec["params"]["name"] == "from-cli"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["-p", "rowz=1"], "unknown parameter 'rowz'"),
+        (["-p", "rows=ten"], "parameter 'rows' expects int, got 'ten'"),
+        (["-p", "mode=medium"], "expects one of ['fast', 'slow']"),
+        (["-e", "nowhere"], "unknown environment 'nowhere'"),
+    ],
+)
+def test_bad_input_exits_2_and_runs_nothing(cli, db, args, needle):
+    before = ledger_count(db, "typed")
+    res = cli("run", nb("typed"), *args)
+    assert res.code == 2, res
+    assert needle in res.err
+    assert ledger_count(db, "typed") == before  # no ledger row: nothing was executed
+
+
+def test_malformed_notebooks_exit_2_naming_the_file(cli):
+    res = cli("run", nb("no_parameters"))
+    assert res.code == 2 and "no_parameters.ipynb" in res.err and "no code cell tagged 'parameters'" in res.err
+    res = cli("run", nb("malformed"))
+    assert res.code == 2 and "malformed.ipynb" in res.err and "malformed JSON" in res.err
+    res = cli("run", "no_such_runbook")
+    assert res.code == 2 and "no runbook named 'no_such_runbook'" in res.err
+
+
+def test_json_error_document_on_stdout(cli):
+    res = cli("run", nb("typed"), "-p", "rows=ten", "--json")
+    assert res.code == 2
+    doc = res.json()
+    assert doc["exit_code"] == 2 and "rows" in doc["error"]
+
+
+def test_missing_secret_exits_2_naming_it(cli):
+    res = cli("run", nb("leaks_secret"), env={"CANARY_SECRET": ""})
+    assert res.code == 2 and "missing secret CANARY_SECRET" in res.err
+
+
+def test_failing_runbook_exits_1_with_cell_and_error(cli):
+    res = cli("run", nb("fails"), "-p", "message=kaput", "--json")
+    assert res.code == 1
+    rec = res.json()
+    assert rec["status"] == "failed"
+    assert rec["error"]["ename"] == "ValueError" and rec["error"]["evalue"] == "kaput"
+    assert rec["results"] == {"before": 1}
+    executed = json.loads(Path(rec["output"]).read_text())
+    # papermill convention: cell_index counts cells before the banner (first) and anchor (before the cell)
+    failing = executed["cells"][rec["error"]["cell_index"] + 2]
+    assert "papermill-error-cell" in "".join(executed["cells"][rec["error"]["cell_index"] + 1]["source"])
+    assert "raise ValueError" in "".join(failing["source"])
+    assert "papermill-error-cell-tag" in executed["cells"][0]["metadata"]["tags"]
+    assert executed["metadata"]["stackbook"]["run"]["status"] == "failed"
+
+
+def test_runs_show_unknown_id_exits_2(cli):
+    res = cli("runs", "show", "nope")
+    assert res.code == 2 and "no run with id 'nope'" in res.err
+
+
+def test_platform_check_runs(cli):
+    res = cli("run", "platform_check", "--json")
+    assert res.code == 0, res
+    assert res.json()["results"]["runbooks"] >= 1
+
+
+def test_log_output_streams_cell_output(cli):
+    res = cli("run", nb("typed"), "--log-output")
+    assert res.code == 0 and "hello world" in res.err
+
+
+def test_lab_dry_run_loads_environment(cli):
+    res = cli("lab", "--dry-run", "--no-browser")
+    assert res.code == 0
+    assert "jupyterlab" in res.out and "DATABASE_URL" in res.out and "STACKBOOK_RESULTS_FILE" in res.out

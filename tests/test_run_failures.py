@@ -1,0 +1,149 @@
+"""Runs that go wrong: dead kernels, timeouts, killed runners, Ctrl-C, exclusive locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from stackbook import ledger
+from tests.conftest import ROOT, STACKBOOK
+from tests.test_cli import nb
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def running_row(db, runbook: str, since: str):
+    return db.execute(
+        "select id, pid, kernel_pid from stackbook.runs where runbook = %s and status = 'running' and id > %s "
+        "order by id desc limit 1",
+        (runbook, since),
+    ).fetchone()
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([STACKBOOK, "run", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_kernel_that_kills_itself(cli):
+    res = cli("run", nb("kills_kernel"), "--json")
+    assert res.code == 1
+    rec = res.json()
+    assert rec["status"] == "failed" and "kernel died" in rec["reason"]
+    partial = json.loads(Path(rec["output"]).read_text())
+    outputs = [o for c in partial["cells"] for o in c.get("outputs", [])]
+    assert any("about to die" in "".join(o.get("text", "")) for o in outputs)  # the partial notebook was kept
+
+
+def test_cell_timeout(cli):
+    res = cli("run", nb("sleeps"), "-p", "seconds=30", "--cell-timeout", "1", "--json")
+    assert res.code == 1
+    rec = res.json()
+    assert rec["status"] == "timed_out" and rec["error"]["ename"] == "CellTimeoutError"
+    assert not alive(rec["results"]["kernel_pid"])
+
+
+def test_run_timeout(cli):
+    res = cli("run", nb("sleeps"), "-p", "seconds=30", "--timeout", "2", "--json")
+    assert res.code == 1
+    rec = res.json()
+    assert rec["status"] == "timed_out" and "timeout of 2.0 s" in rec["reason"]
+    assert rec["duration_s"] < 25
+
+
+def test_runner_killed_is_reaped_at_once_and_its_kernel_does_not_live_on(cli, db):
+    since = ledger.new_run_id()
+    proc = start(nb("sleeps"), "-p", "seconds=120")
+    row = wait_for(lambda: (r := running_row(db, "sleeps", since)) and r[2] and r)
+    run_id, runner_pid, kernel_pid = row
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = cli("runs", "--runbook", "sleeps", "--limit", "5", "--json")
+    rec = next(r for r in res.json() if r["id"] == run_id)
+    assert rec["status"] == "failed" and "stale" in rec["reason"] and str(runner_pid) in rec["reason"]
+    wait_for(lambda: not alive(kernel_pid), timeout=20)
+
+
+def test_silent_run_on_another_host_is_reaped_after_heartbeat_timeout(db, cli):
+    ledger.ensure_schema(db)
+    run_id = ledger.new_run_id()
+    db.execute(
+        "insert into stackbook.runs (id, runbook, env, status, host, pid, heartbeat_at) "
+        "values (%s, 'elsewhere', 'dev', 'running', 'another-host', 1, now() - interval '2 minutes')",
+        (run_id,),
+    )
+    fresh_id = ledger.new_run_id() + "-fresh"
+    db.execute(
+        "insert into stackbook.runs (id, runbook, env, status, host, pid, heartbeat_at) "
+        "values (%s, 'elsewhere', 'dev', 'running', 'another-host', 1, now())",
+        (fresh_id,),
+    )
+    try:
+        res = cli("runs", "show", run_id, "--json").json()
+        assert res["status"] == "failed" and "no heartbeat" in res["reason"]
+        assert cli("runs", "show", fresh_id, "--json").json()["status"] == "running"  # within the timeout
+    finally:
+        db.execute("delete from stackbook.runs where id in (%s, %s)", (run_id, fresh_id))
+
+
+def test_ctrl_c_cancels_and_keeps_partial_notebook(db):
+    since = ledger.new_run_id()
+    proc = start(nb("sleeps"), "-p", "seconds=120", "--json")
+    run_id, _, kernel_pid = wait_for(lambda: (r := running_row(db, "sleeps", since)) and r[2] and r)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rec = ledger.get_run(db, run_id)
+    assert rec["status"] == "cancelled"
+    partial = json.loads(Path(rec["output"]).read_text())
+    assert any("sleeping" in "".join(o.get("text", "")) for c in partial["cells"] for o in c.get("outputs", []))
+    wait_for(lambda: not alive(kernel_pid), timeout=20)
+
+
+def test_exclusive_runbook_refuses_a_second_run_then_allows_one(db, cli):
+    since = ledger.new_run_id()
+    first = start(nb("exclusive"), "-p", "seconds=20")
+    holder = wait_for(lambda: running_row(db, "exclusive", since))
+    second = cli("run", nb("exclusive"), "-p", "seconds=0")
+    assert second.code == 3, second
+    assert holder[0] in second.err and "exclusive" in second.err
+    other_env = cli("run", nb("exclusive"), "-p", "seconds=0", "-e", "staging")
+    assert other_env.code == 0, other_env  # the lock is per (runbook, environment)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    third = cli("run", nb("exclusive"), "-p", "seconds=0")
+    assert third.code == 0, third
+
+
+def test_lock_is_freed_when_its_holder_dies(db, cli):
+    since = ledger.new_run_id()
+    first = start(nb("exclusive"), "-p", "seconds=60")
+    wait_for(lambda: running_row(db, "exclusive", since))
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    res = cli("run", nb("exclusive"), "-p", "seconds=0")
+    assert res.code == 0, res

@@ -1,0 +1,78 @@
+"""Secret canary: no form of a secret reaches any artifact (run store, ledger, logs)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from stackbook import project
+from stackbook import secrets as secrets_mod
+from tests.test_cli import nb
+
+
+def leaks(text: str, value: str) -> list[str]:
+    return sorted(f for f in secrets_mod.forms(value) if f in text)
+
+
+def store_text(root: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file())
+
+
+def ledger_text(db, run_id: str) -> str:
+    row = db.execute("select row_to_json(r)::text from stackbook.runs r where id = %s", (run_id,)).fetchone()
+    return row[0]
+
+
+def run_canary(cli, secret: str, extra_env: dict | None = None):
+    env = {"CANARY_SECRET": secret, **(extra_env or {})}
+    return cli("run", nb("leaks_secret"), "--log-output", "--json", env=env)
+
+
+def test_forms_cover_plain_base64_and_url_encoding():
+    value = "p@ss/word+1="
+    found = secrets_mod.forms(value)
+    assert {"p@ss/word+1=", "cEBzcy93b3JkKzE9", "p%40ss%2Fword%2B1%3D", "p%40ss/word%2B1%3D"} <= found
+
+
+def test_scrubber_replaces_every_form_in_nested_structures():
+    scrub = secrets_mod.Scrubber({"TOKEN": "hunter2-secret"})
+    doc = {"a": ["x hunter2-secret y", {"aHVudGVyMi1zZWNyZXQ=": 1}], "b": 3}
+    out = scrub.obj(doc)
+    assert "hunter2" not in json.dumps(out) and "aHVudGVyMi1zZWNyZXQ" not in json.dumps(out)
+    assert out["a"][0] == "x [secret:TOKEN] y" and out["b"] == 3
+
+
+def test_secret_canary_is_nowhere(cli, db):
+    secret = "canary/" + secrets.token_urlsafe(18) + "+@="
+    res = run_canary(cli, secret)
+    assert res.code == 1, res  # the runbook raises on purpose
+    rec = res.json()
+    assert rec["status"] == "failed" and "[secret:CANARY_SECRET]" in rec["error"]["evalue"]
+    assert leaks(res.out + res.err, secret) == []
+    assert leaks(ledger_text(db, rec["id"]), secret) == []
+    assert leaks(store_text(project.state_dir() / "runs"), secret) == []
+    executed = Path(rec["output"]).read_text()
+    assert "[secret:CANARY_SECRET]" in executed  # the output is there, scrubbed
+
+
+@pytest.fixture()
+def control_store(tmp_path):
+    return tmp_path / "runs"
+
+
+def test_control_run_without_scrubbing_is_found(cli, db, control_store):
+    """Proves the search above can find a leak: with scrubbing off, every channel shows the secret."""
+    secret = "canary/" + secrets.token_urlsafe(18) + "+@="
+    res = run_canary(cli, secret, {"STACKBOOK_UNSAFE_NO_SCRUB": "1", "STACKBOOK_RUN_STORE": str(control_store)})
+    rec = res.json()
+    try:
+        assert secret in store_text(control_store)
+        assert leaks(store_text(control_store), secret)  # plain, base64 and URL forms
+        assert len(leaks(store_text(control_store), secret)) >= 3
+        assert leaks(ledger_text(db, rec["id"]), secret)
+        assert leaks(res.err, secret)
+    finally:
+        db.execute("delete from stackbook.runs where id = %s", (rec["id"],))
