@@ -195,6 +195,23 @@ class BuildResult:
     def failed_nodes(self) -> list[str]:
         return [f.name for f in self.failures]
 
+    def statuses(self) -> dict[str, str]:
+        """Node name to status, for ``draw_lineage``."""
+        return {row["node"]: row["status"] for row in self.rows}
+
+    def failures_html(self) -> str:
+        """The failures as HTML: what failed and why, with a sample of the failing rows of data tests."""
+        import html
+
+        if not self.failures:
+            return "<p>No model or test failed.</p>"
+        parts = []
+        for f in self.failures:
+            parts.append(f"<h4>{html.escape(f.describe())}</h4><pre>{html.escape(f.message[:4000])}</pre>")
+            if f.sample is not None:
+                parts.append(f"<p>First {len(f.sample)} failing rows:</p>" + f.sample.to_html(index=False))
+        return "\n".join(parts)
+
     def manifest_path(self) -> Path | None:
         for folder in (self.target_dir, self.artifacts_dir):
             if folder and Path(folder, "manifest.json").exists():
@@ -358,6 +375,21 @@ def build(select: str = "", *, exclude: str = "", full_refresh: bool = False, en
     return result
 
 
+def mart_row_counts(schema_prefix: str = "", schema: str = "marts", database_url: str | None = None) -> dict[str, int]:
+    """Rows in each table of the marts schema (``<prefix>marts``); empty when the schema does not exist."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"{schema_prefix}{schema}"
+    with psycopg.connect(database_url or db.url(), autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "select table_name from information_schema.tables where table_schema = %s and table_type = 'BASE TABLE' "
+            "order by table_name", (name,))]
+        return {t: conn.execute(sql.SQL("select count(*) from {}.{}").format(sql.Identifier(name),
+                                                                             sql.Identifier(t))).fetchone()[0]
+                for t in tables}
+
+
 def freshness(*, select: str = "", env: str | None = None, schema_prefix: str = "", raw_schema: str | None = None,
               project_path: Path | str | None = None, database_url: str | None = None):
     """``dbt source freshness``: a table (source, status, max loaded at, age in hours).
@@ -433,34 +465,41 @@ def lineage(manifest: Path | str | dict | BuildResult):
 def draw_lineage(graph, statuses: dict[str, str] | None = None, title: str = "dbt lineage"):
     """A matplotlib figure of the graph, layered left to right (sources, staging, marts).
 
-    ``statuses`` maps node names to a run status; failed nodes get a red outline.
+    ``statuses`` maps node names to a run status; failed nodes are drawn in red.
     """
-    import matplotlib
+    import matplotlib.patches
     import matplotlib.pyplot as plt
     import networkx as nx
 
     statuses = statuses or {}
-    for layer_index, generation in enumerate(nx.topological_generations(graph)):
+    generations = [sorted(g, key=lambda n: graph.nodes[n]["name"], reverse=True)
+                   for g in nx.topological_generations(graph)]
+    ordered = nx.DiGraph()
+    for index, generation in enumerate(generations):
         for uid in generation:
-            graph.nodes[uid]["generation"] = layer_index
-    pos = nx.multipartite_layout(graph, subset_key="generation", align="vertical") if graph else {}
-    height = max(4.0, 0.45 * max((sum(1 for _ in g) for g in nx.topological_generations(graph)), default=1))
-    fig, ax = plt.subplots(figsize=(13, height))
-    colours = [LAYER_COLOURS[graph.nodes[n]["layer"]] for n in graph]
-    edge_colours = ["red" if statuses.get(graph.nodes[n]["name"]) in FAILED_STATUSES else "black" for n in graph]
-    nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=12, edge_color="#888888",
-                           connectionstyle="arc3,rad=0.05", node_size=1800)
-    nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=colours, edgecolors=edge_colours, node_size=1800,
-                           node_shape="s", linewidths=1.5)
-    nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n]["name"].replace("stg_jaffle_shop__", "stg_")
-                                                .replace("jaffle_shop.", "") for n in graph},
-                            ax=ax, font_size=8)
+            ordered.add_node(uid, **graph.nodes[uid], generation=index)
+    ordered.add_edges_from(graph.edges)
+    pos = nx.multipartite_layout(ordered, subset_key="generation", align="vertical", scale=1.0) if ordered else {}
+    tallest = max((len(g) for g in generations), default=1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 2.6 * len(generations)), max(3.5, 0.6 * tallest)))
+    nx.draw_networkx_edges(ordered, pos, ax=ax, arrows=True, arrowsize=10, edge_color="#999999", node_size=2600,
+                           connectionstyle="arc3,rad=0.04")
+    for uid, (x, y) in pos.items():
+        node = ordered.nodes[uid]
+        label = node["name"].replace("stg_jaffle_shop__", "stg_").replace("jaffle_shop.", "")
+        failed = statuses.get(node["name"]) in FAILED_STATUSES
+        ax.text(x, y, label, ha="center", va="center", fontsize=8, color="white" if failed else "black",
+                bbox={"boxstyle": "round,pad=0.35", "facecolor": "#d62728" if failed else LAYER_COLOURS[node["layer"]],
+                      "edgecolor": "#444444"})
     handles = [matplotlib.patches.Patch(color=c, label=layer) for layer, c in LAYER_COLOURS.items()
-               if any(graph.nodes[n]["layer"] == layer for n in graph)]
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+               if any(ordered.nodes[n]["layer"] == layer for n in ordered)]
+    if statuses:
+        handles.append(matplotlib.patches.Patch(color="#d62728", label="failed"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(handles), fontsize=8,
+              frameon=False)
     ax.set_title(title)
     ax.axis("off")
-    ax.margins(x=0.08, y=0.05)
+    ax.margins(x=0.12, y=0.08)
     fig.tight_layout()
     plt.close(fig)  # the caller displays it; no second copy from the inline backend
     return fig
