@@ -1,0 +1,293 @@
+"""Operations audit rules (OPS-0NN), read from the run ledger of the audited environment.
+
+* OPS-001 (high): every scheduled runbook (metadata ``schedule``) has succeeded
+  within its freshness window in this environment.
+* OPS-002 (medium): every scheduled runbook has run at all in this environment.
+* OPS-003 (high): the last DR drill (runbook ``dr_drill``) passed, within its window.
+* OPS-004 (medium): a DR drill exists and has run in this environment.
+
+"Never ran" is its own, medium-severity rule (OPS-002, OPS-004) rather than a
+failure of the freshness rule: on a fresh machine or a new environment nothing
+has run yet, which an auditor must see, but which is not evidence that a
+running schedule broke. OPS-001 and OPS-003 report ``skip`` for a runbook that
+never ran, pointing at OPS-002 / OPS-004. With the default ``fail_on = high`` a
+fresh environment therefore passes the audit, and a stale or failing schedule
+does not. Environments without a scheduler (dev) can lower the severity of
+OPS-001/OPS-003 in their environment file (``audit.severity``, see
+``stackbook.audit.report``).
+
+Freshness window of a runbook (``window_hours``): its metadata
+``freshness_hours`` when set; else twice the longest interval between its next
+cron fire times (so one missed run is tolerated, two are not) plus its timeout;
+the DR drill without either falls back to ``DR_DEFAULT_WINDOW_HOURS`` (7 days).
+
+Check functions are pure over a context dict (``context(env, conn)`` builds it
+from the catalogue and the ledger), so the freshness logic is tested with
+hand-made ledger statistics as well as real ledger rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from stackbook.audit import Finding, Rule, finding, register
+
+AREA = "operations"
+DR_RUNBOOK = "dr_drill"
+DR_DEFAULT_WINDOW_HOURS = 7 * 24.0
+CRON_SAMPLES = 24
+
+
+def _rule(id: str, title: str, severity: str, controls: Iterable[str], fix: str) -> Rule:
+    return Rule(id=id, title=title, severity=severity, controls=tuple(controls), fix=fix, area=AREA)
+
+
+# ---------------------------------------------------------------- windows
+
+
+def cron_interval_hours(schedule: str, start: datetime | None = None) -> float:
+    """The longest gap, in hours, between consecutive fire times of a cron expression (over a sample)."""
+    from croniter import croniter
+
+    if not croniter.is_valid(schedule):
+        raise ValueError(f"invalid cron expression {schedule!r}")
+    it = croniter(schedule, start or datetime(2026, 1, 1, tzinfo=timezone.utc))
+    times = [it.get_next(datetime) for _ in range(CRON_SAMPLES + 1)]
+    return max((b - a).total_seconds() for a, b in zip(times, times[1:])) / 3600
+
+
+def window_hours(meta: dict[str, Any], default: float | None = None) -> tuple[float | None, str]:
+    """(hours, how it was derived) for a runbook's metadata."""
+    if meta.get("freshness_hours"):
+        return float(meta["freshness_hours"]), "metadata freshness_hours"
+    schedule = meta.get("schedule")
+    if schedule:
+        try:
+            interval = cron_interval_hours(schedule)
+        except ValueError as exc:
+            return default, f"{exc}; default window"
+        timeout_h = float(meta.get("timeout") or 0) / 3600
+        hours = 2 * interval + timeout_h
+        return round(hours, 3), f"2 x cron interval ({interval:g} h) + timeout ({timeout_h:.2g} h) of {schedule!r}"
+    return default, "default window"
+
+
+def _age_hours(when: datetime | None, now: datetime) -> float | None:
+    if when is None:
+        return None
+    return (now - when).total_seconds() / 3600
+
+
+def _fmt_age(hours: float) -> str:
+    return f"{hours / 24:.1f} d" if hours >= 48 else f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+
+
+# ---------------------------------------------------------------- rules
+
+
+def _resource(name: str, env: str) -> str:
+    return f"runbook/{name}@{env}"
+
+
+@register(_rule("OPS-001", "Every scheduled runbook succeeded within its freshness window", "high",
+                ("SOC2:CC7.1", "SOC2:CC7.2", "ISO27001:A.5.37", "ISO27001:A.8.16"),
+                "Find why the schedule stopped or fails (`stackbook runs RUNBOOK -e ENV`, the executed notebook in "
+                "the run store), fix it and run the runbook; if the window is wrong, set freshness_hours in the "
+                "runbook's metadata."))
+def scheduled_fresh(ctx: dict) -> Iterator[Finding]:
+    env, now = ctx["env"], ctx["now"]
+    scheduled = [rb for rb in ctx["runbooks"] if rb.get("schedule")]
+    if not scheduled:
+        yield finding("OPS-001", "pass", f"catalogue@{env}", "no runbook in the catalogue has a schedule")
+        return
+    for rb in scheduled:
+        name = rb["name"]
+        stats = ctx["ledger"].get(name)
+        hours, how = window_hours(rb)
+        resource = _resource(name, env)
+        if not stats or not stats.get("runs"):
+            yield finding("OPS-001", "skip", resource, f"never ran in {env} (reported by OPS-002)")
+            continue
+        if not stats.get("finished"):
+            yield finding("OPS-001", "skip", resource, f"its first run in {env} is still in progress")
+            continue
+        age = _age_hours(stats.get("last_success"), now)
+        last = f"last run {stats.get('last_id')} {stats.get('last_status')}"
+        if age is None:
+            yield finding("OPS-001", "fail", resource,
+                          f"{stats['runs']} runs in {env}, none succeeded; {last}; schedule {rb['schedule']!r}")
+        elif hours is None or age <= hours:
+            yield finding("OPS-001", "pass", resource,
+                          f"last success {_fmt_age(age)} ago ({stats['last_success'].isoformat(timespec='seconds')}) "
+                          f"within {hours:g} h ({how}); {last}")
+        else:
+            yield finding("OPS-001", "fail", resource,
+                          f"last success {_fmt_age(age)} ago ({stats['last_success'].isoformat(timespec='seconds')}), "
+                          f"older than its window of {hours:g} h ({how}); {last}")
+
+
+@register(_rule("OPS-002", "Every scheduled runbook has run in this environment", "medium",
+                ("SOC2:CC7.2", "SOC2:CC8.1", "ISO27001:A.5.37", "ISO27001:A.8.16"),
+                "Deploy the schedule (`stackbook schedule`: crontab, Airflow DAG or CronJob) for this environment, or "
+                "run the runbook once by hand: `stackbook run RUNBOOK -e ENV`."))
+def scheduled_ran(ctx: dict) -> Iterator[Finding]:
+    env = ctx["env"]
+    for path, error in ctx.get("broken") or []:
+        yield finding("OPS-002", "error", f"notebook/{path}", f"cannot read the runbook's schedule: {error}")
+    scheduled = [rb for rb in ctx["runbooks"] if rb.get("schedule")]
+    if not scheduled:
+        yield finding("OPS-002", "pass", f"catalogue@{env}", "no runbook in the catalogue has a schedule")
+        return
+    for rb in scheduled:
+        stats = ctx["ledger"].get(rb["name"])
+        if not stats or not stats.get("runs"):
+            yield finding("OPS-002", "fail", _resource(rb["name"], env),
+                          f"scheduled {rb['schedule']!r} but no run recorded in environment {env}")
+        else:
+            first = stats["first_started"].isoformat(timespec="seconds")
+            yield finding("OPS-002", "pass", _resource(rb["name"], env),
+                          f"{stats['runs']} runs recorded in {env} ({stats.get('finished', stats['runs'])} finished), "
+                          f"first {first}")
+
+
+def _dr(ctx: dict) -> dict | None:
+    name = ctx.get("dr_runbook", DR_RUNBOOK)
+    return next((rb for rb in ctx["runbooks"] if rb["name"] == name), None)
+
+
+@register(_rule("OPS-003", "The last DR drill passed within its window", "high",
+                ("SOC2:CC7.4", "SOC2:CC7.5", "ISO27001:A.5.29", "ISO27001:A.5.30", "ISO27001:A.8.13"),
+                "Run the drill (`stackbook run dr_drill -e ENV`), fix what it finds (a table that differs, an RTO or "
+                "RPO target missed) until it passes, and keep it on its schedule."))
+def dr_drill_passed(ctx: dict) -> Iterator[Finding]:
+    env, now = ctx["env"], ctx["now"]
+    name = ctx.get("dr_runbook", DR_RUNBOOK)
+    rb = _dr(ctx)
+    resource = _resource(name, env)
+    if rb is None:
+        yield finding("OPS-003", "skip", resource, f"no runbook {name!r} in the catalogue (reported by OPS-004)")
+        return
+    stats = ctx["ledger"].get(name)
+    if not stats or not stats.get("last_finished"):
+        yield finding("OPS-003", "skip", resource, f"no finished drill in {env} (reported by OPS-004)")
+        return
+    hours, how = window_hours(rb, DR_DEFAULT_WINDOW_HOURS)
+    age = _age_hours(stats["last_finished"], now)
+    when = f"{stats['last_id']} finished {_fmt_age(age)} ago ({stats['last_finished'].isoformat(timespec='seconds')})"
+    results = stats.get("last_results") or {}
+    measured = ", ".join(f"{k}={results[k]}" for k in ("rto_seconds", "rpo_seconds", "tables_verified",
+                                                        "checksums_match") if k in results)
+    if stats.get("last_status") != "succeeded":
+        yield finding("OPS-003", "fail", resource, f"last drill {when} {stats.get('last_status')}"
+                      + (f": {stats['last_reason']}" if stats.get("last_reason") else ""))
+    elif age > hours:
+        yield finding("OPS-003", "fail", resource, f"last drill {when} passed, but is older than its window of "
+                      f"{hours:g} h ({how})")
+    else:
+        yield finding("OPS-003", "pass", resource, f"last drill {when} passed, within {hours:g} h ({how})"
+                      + (f"; {measured}" if measured else ""))
+
+
+@register(_rule("OPS-004", "A DR drill exists and has run in this environment", "medium",
+                ("SOC2:CC7.5", "ISO27001:A.5.30", "ISO27001:A.8.13"),
+                "Add runbooks/dr/dr_drill.ipynb if missing and run it in this environment: "
+                "`stackbook run dr_drill -e ENV`."))
+def dr_drill_ran(ctx: dict) -> Iterator[Finding]:
+    env = ctx["env"]
+    name = ctx.get("dr_runbook", DR_RUNBOOK)
+    resource = _resource(name, env)
+    if _dr(ctx) is None:
+        yield finding("OPS-004", "fail", resource, f"no runbook {name!r} in the catalogue: no DR drill is defined")
+        return
+    stats = ctx["ledger"].get(name)
+    if not stats or not stats.get("last_finished"):
+        yield finding("OPS-004", "fail", resource, f"the DR drill has never finished a run in environment {env}")
+    else:
+        yield finding("OPS-004", "pass", resource, f"{stats['runs']} drills recorded in {env}")
+
+
+# ---------------------------------------------------------------- context
+
+
+LEDGER_SQL = """
+select runbook,
+       count(*) as runs,
+       count(*) filter (where status <> 'running') as finished,
+       min(started_at) as first_started,
+       max(finished_at) filter (where status = 'succeeded') as last_success,
+       (array_agg(id order by started_at desc) filter (where status <> 'running'))[1] as last_id,
+       (array_agg(status order by started_at desc) filter (where status <> 'running'))[1] as last_status,
+       (array_agg(finished_at order by started_at desc) filter (where status <> 'running'))[1] as last_finished,
+       (array_agg(reason order by started_at desc) filter (where status <> 'running'))[1] as last_reason,
+       (array_agg(results order by started_at desc) filter (where status <> 'running'))[1] as last_results
+  from stackbook.runs
+ where env = %s and runbook = any(%s)
+ group by runbook
+"""
+
+
+def ledger_stats(conn, env: str, runbooks: Iterable[str]) -> tuple[dict[str, dict], datetime]:
+    """Per runbook: runs, first start, last success, last finished run (id, status, time, reason, results);
+    and the database's clock (``now``), so ages are measured against the clock that stamped the rows."""
+    from psycopg.rows import dict_row
+
+    now = conn.execute("select now()").fetchone()[0]
+    if not conn.execute("select to_regclass('stackbook.runs') is not null").fetchone()[0]:
+        return {}, now
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(LEDGER_SQL, (env, list(runbooks)))
+        return {r["runbook"]: r for r in cur.fetchall()}, now
+
+
+def catalogue() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Runbook metadata from the catalogue, and (path, error) for notebooks that cannot be read."""
+    from stackbook import catalog, notebooks, project
+
+    runbooks, broken = [], []
+    for path in catalog.paths():
+        try:
+            rb = notebooks.load(path, project.runbooks_dir())
+        except Exception as exc:  # a broken notebook must not hide the others
+            broken.append((str(path), str(exc)))
+            continue
+        runbooks.append({"name": rb.name, **{k: rb.metadata.get(k) for k in
+                                             ("schedule", "freshness_hours", "timeout")}})
+    return runbooks, broken
+
+
+def context(env: str, conn=None, *, runbooks: list[dict] | None = None, dr_runbook: str = DR_RUNBOOK) -> dict:
+    """What the operations rules need: the environment, the runbooks, ledger statistics and the clock."""
+    broken: list[tuple[str, str]] = []
+    if runbooks is None:
+        runbooks, broken = catalogue()
+    names = [rb["name"] for rb in runbooks]
+    if conn is None:
+        from stackbook import db
+
+        with db.connect() as own:
+            stats, now = ledger_stats(own, env, names)
+    else:
+        stats, now = ledger_stats(conn, env, names)
+    return {"env": env, "runbooks": runbooks, "ledger": stats, "now": now, "dr_runbook": dr_runbook,
+            "broken": broken}
+
+
+def check_all(ctx: dict, rules: Iterable[str] | None = None) -> list[Finding]:
+    from stackbook.audit import CHECKS, RULES
+
+    ids = rules or sorted(r.id for r in RULES.values() if r.area == AREA)
+    out: list[Finding] = []
+    for rid in ids:
+        out.extend(CHECKS[rid](ctx))
+    return out
+
+
+def audit(env: str, conn=None) -> list[Finding]:
+    return check_all(context(env, conn))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+

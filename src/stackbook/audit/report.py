@@ -1,0 +1,426 @@
+"""Running the compliance audit and writing its evidence report.
+
+``run(env, areas=..., manifests_dir=..., fail_on=...)`` runs the rules of every
+area (``kubernetes``, ``postgres``, ``secrets``, ``operations``) or a selection,
+and returns a ``Report``: one finding per check and resource, written as JSON
+to ``.stackbook/audit/<env>/<timestamp>.json`` and, under the runner, next to
+the executed notebook (``<run id>.audit.json`` beside ``$STACKBOOK_RUN_OUTPUT``).
+``Report.check()`` raises ``AuditFailed`` listing the failing rule ids when a
+check at or above ``fail_on`` failed.
+
+Statuses: ``pass``; ``fail``; ``error`` (the check could not be made: counted
+as failed, since an unproved control is not a passed one); ``skip`` (not
+applicable, or not verifiable with the audit's privileges, with the reason in
+the evidence; never counted as failed).
+
+An area that cannot run at all yields one ``AUDIT-001`` finding: ``skip`` when
+its rule module is not installed (the Kubernetes rules, until they land) or it
+has nothing to check, ``error`` when it raised.
+
+Per-environment settings, from the environment file's ``audit`` mapping::
+
+    audit:
+      severity: {OPS-001: low}       # severity overrides per rule id, with the reason in a comment
+      admin_roles: [rds_superuser]   # administrative PostgreSQL roles (not application roles)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from stackbook.audit import RULES, SEVERITIES, Finding, Rule, at_or_above, finding, register
+from stackbook.errors import StackbookError, UsageError
+
+AREAS = ("kubernetes", "postgres", "secrets", "operations")
+FAILED = ("fail", "error")
+REPORT_VERSION = 1
+
+
+class AuditFailed(StackbookError):
+    """A check at or above the ``fail_on`` severity failed (or could not be made)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, failing_ids: list[str], report_path: str | None = None, **kw):
+        super().__init__(message, **kw)
+        self.failing_ids = failing_ids
+        self.report_path = report_path
+
+
+@register(Rule(id="AUDIT-001", title="Every audit area could be checked", severity="high",
+               controls=("SOC2:CC7.1", "ISO27001:A.5.35", "ISO27001:A.5.36"),
+               fix="Read the evidence: install the missing rule module, give the audit the access it needs "
+                   "(database, manifests), or fix the error it names, then run the audit again.",
+               area="audit"))
+def _area_status(_ctx: Any = None):  # findings are made by ``run``; the rule exists for its metadata
+    return []
+
+
+# ---------------------------------------------------------------- areas
+
+
+def _area_kubernetes(env: str, opts: dict) -> list[Finding]:
+    import importlib
+
+    try:
+        k8s = importlib.import_module("stackbook.audit.kubernetes")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("stackbook.audit.kubernetes"):
+            return [finding("AUDIT-001", "skip", "area/kubernetes",
+                            "the Kubernetes rules (stackbook.audit.kubernetes) are not installed in this checkout: "
+                            "no manifest was checked")]
+        raise
+    manifests_dir = opts.get("manifests_dir") or ""
+    if manifests_dir:
+        path = Path(manifests_dir)
+        if not path.is_absolute() and not path.exists():
+            from stackbook import project
+
+            path = project.root() / manifests_dir
+        if not path.exists():
+            raise UsageError(f"manifests_dir {manifests_dir!r}: no such file or folder")
+        manifests = k8s.load_manifests(path)
+        where = str(path)
+    else:
+        manifests, where = _rendered_manifests(env, k8s)
+        if manifests is None:
+            return [finding("AUDIT-001", "skip", "area/kubernetes", where)]
+    findings = list(k8s.check_all(manifests))
+    if not findings:
+        return [finding("AUDIT-001", "skip", "area/kubernetes", f"no workload found in {where}")]
+    return findings
+
+
+def _rendered_manifests(env: str, k8s) -> tuple[list | None, str]:
+    """The environment's manifests rendered from infra/k8s by ``stackbook.k8s.render``, or (None, why not)."""
+    from stackbook import project
+
+    base = project.root() / "infra" / "k8s"
+    if not base.exists():
+        return None, f"no Kubernetes manifests in this project ({base} does not exist): nothing to check"
+    import importlib
+
+    try:
+        render = importlib.import_module("stackbook.k8s.render")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("stackbook.k8s"):
+            return None, ("the manifest renderer (stackbook.k8s.render) is not installed: pass manifests_dir "
+                          "to check a folder of manifests")
+        raise
+    fn = getattr(render, "render", None) or getattr(render, "render_env", None)
+    if fn is None:
+        return None, "stackbook.k8s.render has no render(env) function: pass manifests_dir"
+    out = fn(env)
+    if isinstance(out, (str, Path)):
+        return k8s.load_manifests(Path(out)), str(out)
+    if isinstance(out, dict) and "manifests" in out:
+        out = out["manifests"]
+    return list(out), f"infra/k8s rendered for {env}"
+
+
+def _area_postgres(env: str, opts: dict) -> list[Finding]:
+    from stackbook.audit import postgres
+
+    return postgres.audit(opts.get("conn"), admin_roles=opts.get("admin_roles") or ())
+
+
+def _area_secrets(env: str, opts: dict) -> list[Finding]:
+    from stackbook.audit import secrets_scan
+
+    return secrets_scan.audit(env, known=opts.get("known_secrets"))
+
+
+def _area_operations(env: str, opts: dict) -> list[Finding]:
+    from stackbook.audit import operations
+
+    return operations.audit(env, opts.get("conn"))
+
+
+AREA_RUNNERS: dict[str, Callable[[str, dict], list[Finding]]] = {
+    "kubernetes": _area_kubernetes,
+    "postgres": _area_postgres,
+    "secrets": _area_secrets,
+    "operations": _area_operations,
+}
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    env: str
+    fail_on: str
+    areas: list[str]
+    findings: list[Finding]
+    generated_at: str
+    overrides: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+    run_path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # --- numbers
+    @property
+    def checks_total(self) -> int:
+        return len(self.findings)
+
+    @property
+    def checks_failed(self) -> int:
+        return sum(f.status in FAILED for f in self.findings)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("pass", "fail", "error", "skip")}
+        for f in self.findings:
+            out[f.status] = out.get(f.status, 0) + 1
+        return out
+
+    def failing(self, threshold: str | None = None) -> list[Finding]:
+        """Failed or errored findings at or above ``threshold`` (default: this report's fail_on)."""
+        threshold = threshold or self.fail_on
+        return [f for f in self.findings if f.status in FAILED and at_or_above(f.severity, threshold)]
+
+    @property
+    def failing_ids(self) -> list[str]:
+        return sorted({f.id for f in self.failing()})
+
+    @property
+    def passed(self) -> bool:
+        return not self.failing()
+
+    # --- output
+    def to_dict(self) -> dict[str, Any]:
+        used = sorted({f.id for f in self.findings})
+        return {
+            "version": REPORT_VERSION,
+            "env": self.env,
+            "generated_at": self.generated_at,
+            "fail_on": self.fail_on,
+            "areas": self.areas,
+            "passed": self.passed,
+            "summary": {"checks_total": self.checks_total, "checks_failed": self.checks_failed, **self.counts(),
+                        "failing_at_or_above_fail_on": self.failing_ids},
+            "severity_overrides": self.overrides,
+            **self.meta,
+            "rules": {rid: _rule_dict(RULES[rid]) for rid in used if rid in RULES},
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=str) + "\n"
+
+    def frame(self, statuses: Iterable[str] | None = None):
+        """The findings as a pandas DataFrame (failing first, then by severity and id)."""
+        import pandas as pd
+
+        rows = [f.to_dict() for f in self.findings if statuses is None or f.status in set(statuses)]
+        cols = ["id", "severity", "status", "resource", "evidence", "title", "controls", "fix"]
+        df = pd.DataFrame(rows, columns=cols)
+        if df.empty:
+            return df
+        df["controls"] = df["controls"].map(", ".join)
+        order = {"error": 0, "fail": 1, "skip": 2, "pass": 3}
+        df["_s"] = df["status"].map(order)
+        df["_v"] = df["severity"].map(lambda s: -SEVERITIES.index(s))
+        return df.sort_values(["_s", "_v", "id", "resource"]).drop(columns=["_s", "_v"]).reset_index(drop=True)
+
+    def summary(self):
+        """Counts by area, rule and status, as a pandas DataFrame."""
+        import pandas as pd
+
+        rows = []
+        for f in self.findings:
+            rule = RULES.get(f.id)
+            rows.append({"area": rule.area if rule else "?", "id": f.id, "title": f.title, "severity": f.severity,
+                         "status": f.status})
+        df = pd.DataFrame(rows, columns=["area", "id", "title", "severity", "status"])
+        if df.empty:
+            return df
+        table = df.pivot_table(index=["area", "id", "title", "severity"], columns="status", aggfunc="size",
+                               fill_value=0)
+        for s in ("pass", "fail", "error", "skip"):
+            if s not in table.columns:
+                table[s] = 0
+        return table[["pass", "fail", "error", "skip"]].reset_index()
+
+    def controls(self):
+        """Per control (SOC 2, ISO 27001): the rules that serve it and how many checks pass and fail."""
+        import pandas as pd
+
+        acc: dict[str, dict[str, Any]] = {}
+        for f in self.findings:
+            for control in f.controls:
+                row = acc.setdefault(control, {"control": control, "rules": set(), "pass": 0, "fail": 0,
+                                               "error": 0, "skip": 0})
+                row["rules"].add(f.id)
+                row[f.status] += 1
+        rows = [{**r, "rules": ", ".join(sorted(r["rules"]))} for r in acc.values()]
+        return pd.DataFrame(sorted(rows, key=lambda r: r["control"]),
+                            columns=["control", "rules", "pass", "fail", "error", "skip"])
+
+    def html(self) -> str:
+        """A short HTML summary: verdict, counts, and the failing checks."""
+        import html as _html
+
+        counts = self.counts()
+        verdict = "PASSED" if self.passed else f"FAILED ({', '.join(self.failing_ids)})"
+        colour = "#1a7f37" if self.passed else "#cf222e"
+        head = (f"<p><b style='color:{colour}'>Audit {_html.escape(verdict)}</b> &mdash; environment "
+                f"<code>{_html.escape(self.env)}</code>, fail_on <code>{self.fail_on}</code>, "
+                f"{self.checks_total} checks: {counts['pass']} pass, {counts['fail']} fail, {counts['error']} error, "
+                f"{counts['skip']} skip.</p>")
+        bad = self.frame(statuses=FAILED)
+        if bad.empty:
+            return head + "<p>No check failed.</p>"
+        return head + bad[["id", "severity", "status", "resource", "evidence", "fix"]].to_html(index=False)
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def check(self, fail_on: str | None = None) -> "Report":
+        """Raise ``AuditFailed`` when a check at or above ``fail_on`` failed; return self otherwise."""
+        bad = self.failing(fail_on)
+        if bad:
+            ids = sorted({f.id for f in bad})
+            lines = "; ".join(f"{f.id} {f.status} {f.resource}: {f.evidence}" for f in bad[:10])
+            more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+            raise AuditFailed(
+                f"compliance audit of {self.env} failed: {len(bad)} checks at or above {fail_on or self.fail_on} "
+                f"failed ({', '.join(ids)}): {lines}{more}; report {self.path}",
+                ids, self.path, env=self.env)
+        return self
+
+    def write(self, folder: Path | None = None) -> str:
+        """Write the JSON report under ``.stackbook/audit/<env>/`` (and next to the run under the runner)."""
+        from stackbook import project, runstore
+
+        folder = Path(folder) if folder else project.state_dir() / "audit" / self.env
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = self.generated_at.replace("-", "").replace(":", "").replace("+0000", "Z")
+        path = folder / f"{stamp}.json"
+        if path.exists():
+            path = folder / f"{stamp}-{_secrets.token_hex(2)}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        self.path = str(path)
+        run_output = os.environ.get("STACKBOOK_RUN_OUTPUT")
+        if run_output:
+            loc = run_output[: -len(".ipynb")] if run_output.endswith(".ipynb") else run_output
+            self.run_path = loc + ".audit.json"
+            runstore.write_text(self.run_path, self.to_json())
+        return self.path
+
+
+def _rule_dict(rule: Rule) -> dict[str, Any]:
+    return {"title": rule.title, "severity": rule.severity, "controls": list(rule.controls), "fix": rule.fix,
+            "area": rule.area}
+
+
+def environment_settings(env: str) -> dict[str, Any]:
+    """The environment file's ``audit`` mapping (empty when the file or the key is missing)."""
+    from stackbook import environments
+    from stackbook.errors import EnvironmentFileError
+
+    try:
+        data = environments.load(env).get("audit") or {}
+    except EnvironmentFileError:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"environment {env!r}: audit must be a mapping (severity, admin_roles)", env=env)
+    return data
+
+
+def apply_overrides(findings: list[Finding], overrides: dict[str, str]) -> None:
+    for f in findings:
+        sev = overrides.get(f.id)
+        if sev and sev != f.severity:
+            f.evidence += f" [severity {f.severity} lowered to {sev} for this environment]" \
+                if SEVERITIES.index(sev) < SEVERITIES.index(f.severity) else \
+                f" [severity {f.severity} raised to {sev} for this environment]"
+            f.severity = sev
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    from stackbook import project
+
+    try:
+        out = subprocess.run(["git", "-C", str(project.root()), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests_dir: str = "",
+        fail_on: str = "high", write: bool = True, conn=None, admin_roles: Iterable[str] | None = None,
+        severity: dict[str, str] | None = None, known_secrets: dict[str, str] | None = None) -> Report:
+    """Run the audit of ``env`` (default: the current environment) and return its report.
+
+    ``areas``: a subset of ``AREAS`` (default all). ``severity`` and ``admin_roles`` default to the
+    environment file's ``audit`` settings. Nothing raises for a failing check: call ``Report.check()``.
+    """
+    from stackbook import environments
+    from stackbook.secrets import Scrubber
+
+    env = env or environments.current().name
+    if fail_on not in SEVERITIES:
+        raise UsageError(f"fail_on must be one of {', '.join(SEVERITIES)}, got {fail_on!r}")
+    selected = list(areas) if areas else list(AREAS)
+    unknown = [a for a in selected if a not in AREA_RUNNERS]
+    if unknown:
+        raise UsageError(f"unknown audit area {', '.join(map(repr, unknown))}: choose from {', '.join(AREAS)}")
+    settings = environment_settings(env)
+    overrides = dict(settings.get("severity") or {}) if severity is None else dict(severity)
+    bad = {k: v for k, v in overrides.items() if v not in SEVERITIES}
+    if bad:
+        raise UsageError(f"environment {env!r}: audit.severity values must be one of {SEVERITIES}: {bad}", env=env)
+    opts = {"manifests_dir": manifests_dir, "conn": conn,
+            "admin_roles": list(settings.get("admin_roles") or []) if admin_roles is None else list(admin_roles),
+            "known_secrets": known_secrets}
+    generated = datetime.now(timezone.utc)
+    findings: list[Finding] = []
+    timings: dict[str, float] = {}
+    for area in selected:
+        started = datetime.now(timezone.utc)
+        try:
+            findings.extend(AREA_RUNNERS[area](env, opts))
+        except UsageError:
+            raise
+        except Exception as exc:  # the other areas still run; the error is a finding
+            findings.append(finding("AUDIT-001", "error", f"area/{area}", f"{type(exc).__name__}: {exc}"))
+        timings[area] = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+    apply_overrides(findings, overrides)
+    # last line of defence: no known secret value in the evidence
+    try:
+        from stackbook.audit.secrets_scan import known_secrets as _known
+
+        scrub = Scrubber(known_secrets if known_secrets is not None else _known(env))
+    except Exception:
+        scrub = Scrubber({})
+    for f in findings:
+        f.evidence = scrub.text(f.evidence)
+        f.resource = scrub.text(f.resource)
+    report = Report(env=env, fail_on=fail_on, areas=selected, findings=findings,
+                    generated_at=generated.strftime("%Y-%m-%dT%H:%M:%S.%f+0000"), overrides=overrides,
+                    meta={"git_commit": _git_commit(), "run_id": os.environ.get("STACKBOOK_RUN_ID"),
+                          "manifests_dir": manifests_dir or None, "seconds_by_area": timings})
+    if write:
+        report.write()
+        report.meta["run_report_path"] = report.run_path
+    return report
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A written report, as a dict."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+__all__ = ["AREAS", "AuditFailed", "Report", "run", "load", "environment_settings", "apply_overrides"]
