@@ -50,8 +50,8 @@ status:
 run: up  ## the main job on the embedded defaults
 	$(STACKBOOK) run platform_check -e dev
 
-test: up  ## the whole test suite
-	$(BIN)/python -m pytest
+test: up  ## the whole test suite, then every runbook with its defaults (nbmake)
+	$(BIN)/python -m pytest tests --nbmake runbooks --nbmake-timeout=900
 
 lab: up  ## JupyterLab on the project, environment loaded
 	$(STACKBOOK) lab

@@ -238,7 +238,20 @@ def reap(conn, timeout_s: float | None = None) -> list[str]:
         )
         if cur.rowcount:
             reaped.append(row["id"])
+            if row["host"] == me:
+                _remove_run_files(row["id"])
     return reaped
+
+
+def _remove_run_files(run_id: str) -> None:
+    """A dead runner's scratch files: results, kernel connection file and sockets."""
+    from stackbook import project
+
+    for path in (project.state_dir() / "tmp").glob(f"{run_id}.*"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 class Heartbeat:

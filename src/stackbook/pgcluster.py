@@ -166,9 +166,21 @@ def _socket_dir(base: Path) -> Path:
     return Path("/tmp") / f"stackbook-{zlib.crc32(str(base).encode()):08x}"
 
 
-def _make_certificate(data_dir: Path, user: str | None) -> bool:
+def _supports_ssl(bindir: str) -> bool:
+    """Whether these server binaries were built with OpenSSL (pgserver's wheel is not)."""
+    pg_config = Path(bindir) / "pg_config"
+    if not pg_config.exists():
+        pg_config = Path(shutil.which("pg_config") or "/nonexistent")
+    try:
+        out = subprocess.run([str(pg_config), "--configure"], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+    return "openssl" in out
+
+
+def _make_certificate(data_dir: Path, user: str | None, bindir: str) -> bool:
     openssl = shutil.which("openssl")
-    if not openssl:
+    if not openssl or not _supports_ssl(bindir):
         return False
     key, crt = data_dir / "server.key", data_dir / "server.crt"
     done = subprocess.run(
@@ -184,8 +196,23 @@ def _make_certificate(data_dir: Path, user: str | None) -> bool:
     return True
 
 
+def _check_reachable(info: ClusterInfo) -> None:
+    """The unprivileged OS user must be able to reach the cluster's directory."""
+    if not info.os_user:
+        return
+    base = Path(info.data_dir).parent
+    done = _run_as(info.os_user, ["test", "-x", str(base)])
+    if done.returncode != 0:
+        raise ClusterError(
+            f"PostgreSQL runs as the unprivileged OS user {info.os_user!r} (it refuses to run as root), and that "
+            f"user cannot reach {base}: make its parent directories traversable (chmod o+x) or set STACKBOOK_HOME "
+            "to a directory it can reach"
+        )
+
+
 def _initdb(info: ClusterInfo) -> None:
     base = pg_dir()
+    _check_reachable(info)
     data = Path(info.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)
@@ -204,7 +231,7 @@ def _initdb(info: ClusterInfo) -> None:
         pwfile.unlink(missing_ok=True)
     if done.returncode != 0:
         raise ClusterError(f"initdb failed in {data}:\n{done.stderr.strip()}")
-    ssl = _make_certificate(data, info.os_user)
+    ssl = _make_certificate(data, info.os_user, info.bindir)
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(
             "\n# stackbook: project-local cluster\n"

@@ -1,0 +1,74 @@
+"""Contract over the committed runbooks: what every runbook under runbooks/ must be."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from stackbook import catalog, notebooks, project
+
+REQUIRED_METADATA = ("owner", "description", "schedule", "destructive", "exclusive", "timeout", "secrets", "tags")
+RUNBOOKS = catalog.paths()
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_there_are_runbooks():
+    assert any(p.stem == "platform_check" for p in RUNBOOKS)
+
+
+def test_names_are_unique():
+    stems = [p.stem for p in RUNBOOKS]
+    assert len(stems) == len(set(stems))
+
+
+@pytest.mark.parametrize("path", RUNBOOKS, ids=lambda p: p.stem)
+class TestRunbook:
+    def test_exactly_one_parameters_cell_first_among_code_cells(self, path: Path):
+        nb = json.loads(path.read_text())
+        tagged = [i for i, c in enumerate(code_cells(nb)) if "parameters" in c["metadata"].get("tags", [])]
+        assert tagged == [0], f"{path}: parameters cells at code-cell positions {tagged}"
+
+    def test_parameters_typed_and_commented(self, path: Path):
+        rb = notebooks.load(path, project.runbooks_dir())
+        for p in rb.parameters:
+            assert p.annotation, f"{path.stem}: parameter {p.name} has no type"
+            assert p.help, f"{path.stem}: parameter {p.name} has no comment"
+
+    def test_metadata_present(self, path: Path):
+        raw = json.loads(path.read_text())["metadata"].get("stackbook")
+        assert isinstance(raw, dict), f"{path}: metadata.stackbook missing"
+        missing = [k for k in REQUIRED_METADATA if k not in raw]
+        assert not missing, f"{path.stem}: metadata.stackbook lacks {missing}"
+        assert raw["owner"] and raw["description"]
+
+    def test_no_outputs_committed(self, path: Path):
+        nb = json.loads(path.read_text())
+        for c in code_cells(nb):
+            assert c.get("outputs") == [] and c.get("execution_count") is None, f"{path.stem}: outputs committed"
+        assert "papermill" not in nb["metadata"] and "run" not in nb["metadata"]["stackbook"]
+
+    def test_title_first_and_thin_code(self, path: Path):
+        nb = json.loads(path.read_text())
+        first = nb["cells"][0]
+        assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")
+        for c in code_cells(nb):
+            tree = ast.parse("".join(c["source"]))
+            defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            assert not defs, f"{path.stem}: logic belongs in src/stackbook, not in the runbook ({defs[0].name})"
+
+    def test_verifies_and_records(self, path: Path):
+        source = "\n".join("".join(c["source"]) for c in code_cells(json.loads(path.read_text())))
+        assert "assert " in source, f"{path.stem}: no verification cell"
+        assert "stackbook.record(" in source, f"{path.stem}: records no result"
+
+    def test_destructive_runbooks_default_to_dry_run(self, path: Path):
+        rb = notebooks.load(path, project.runbooks_dir())
+        if rb.metadata.get("destructive"):
+            dry = rb.parameter("dry_run")
+            assert dry is not None and dry.type == "bool" and dry.default is True, f"{path.stem}: dry_run must default True"
