@@ -518,6 +518,31 @@ def test_report_kubernetes_area_skips_or_runs():
         assert rep.findings and all(f.id.startswith(("K8S-", "AUDIT-001")) for f in rep.findings)
 
 
+def test_report_kubernetes_area_is_skipped_when_its_rules_are_missing(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "stackbook.audit.kubernetes", None)  # as in a checkout without them
+    rep = audit_report.run("dev", areas=["kubernetes", "postgres"], write=False)
+    [f] = [f for f in rep.findings if f.resource == "area/kubernetes"]
+    assert (f.id, f.status) == ("AUDIT-001", "skip") and "not installed" in f.evidence
+    assert {x.id for x in rep.findings} >= {"PG-001", "PG-012"}  # the other areas still ran
+
+
+K8S_FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
+needs_k8s = pytest.mark.skipif(importlib.util.find_spec("stackbook.audit.kubernetes") is None,
+                               reason="the Kubernetes rules are not installed")
+
+
+@needs_k8s
+def test_report_kubernetes_manifests_dir_good_and_bad():
+    good = audit_report.run("dev", areas=["kubernetes"], manifests_dir=str(K8S_FIXTURES / "good"), write=False)
+    assert good.findings and good.passed, [f for f in good.findings if f.status != "pass"]
+    bad = audit_report.run("dev", areas=["kubernetes"], manifests_dir=str(K8S_FIXTURES / "bad"), write=False)
+    with pytest.raises(audit_report.AuditFailed) as err:
+        bad.check()
+    assert len(err.value.failing_ids) >= 5 and all(i.startswith("K8S-") for i in err.value.failing_ids)
+
+
 def test_report_area_error_becomes_a_finding(monkeypatch):
     def broken(env, opts):
         raise RuntimeError("catalogue unreadable")
@@ -544,6 +569,18 @@ def test_runbook_fails_on_weak_role_and_records_evidence(cli, db, weak_role):
     data = json.loads(Path(results["report_path"]).read_text())
     assert any(f["resource"] == f"postgres/role/{weak_role}" and f["status"] == "fail" for f in data["findings"])
     assert Path(rec["output"][: -len(".ipynb")] + ".audit.json").exists()
+
+
+@needs_k8s
+def test_runbook_fails_on_bad_manifests(cli):
+    res = cli("run", "compliance_audit", "-e", "dev", "-p", "areas=[kubernetes]", "-p",
+              f"manifests_dir={K8S_FIXTURES / 'bad'}", "--json")
+    assert res.code == 1, res
+    rec = res.json()
+    assert "K8S-" in json.dumps(rec["error"]) and rec["results"]["checks_failed"] > 0
+    ok = cli("run", "compliance_audit", "-e", "dev", "-p", "areas=[kubernetes]", "-p",
+             f"manifests_dir={K8S_FIXTURES / 'good'}", "-p", "fail_on=low", "--json")
+    assert ok.code == 0, ok
 
 
 def test_runbook_passes_with_defaults_in_dev(cli):

@@ -94,8 +94,9 @@ def _other_databases(conn, url: str | None, skip: str) -> list[dict[str, Any]]:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "does not exist" in text:
                 continue  # dropped while we looked (a drill's scratch database)
+            key = "skip" if "permission denied" in text or "not permitted" in text else "error"
             out.append({"database": name, "schema": "public", "public_create": None, "acl": None,
-                        "error": f"cannot connect: {text}"})
+                        key: f"cannot connect: {text}"})
     return out
 
 
@@ -356,6 +357,8 @@ def public_schema_create_revoked(obs: dict) -> Iterator[Finding]:
         resource = f"postgres/database/{db['database']}/schema/public"
         if db.get("error"):
             yield finding("PG-012", "error", resource, db["error"])
+        elif db.get("skip"):
+            yield finding("PG-012", "skip", resource, f"{db['skip']} (the audit role may not connect to it)")
         elif db.get("schema") is None:
             yield finding("PG-012", "pass", resource, f"database {db['database']} has no public schema")
         elif db.get("public_create"):

@@ -346,6 +346,22 @@ def apply_overrides(findings: list[Finding], overrides: dict[str, str]) -> None:
             f.severity = sev
 
 
+def _database_label(conn=None) -> str | None:
+    """user@host:port/dbname of the audited database (never the password)."""
+    try:
+        if conn is not None:
+            i = conn.info
+            return f"{i.user}@{i.host}:{i.port}/{i.dbname}"
+        from urllib.parse import urlsplit
+
+        from stackbook import db
+
+        u = urlsplit(db.url())
+        return f"{u.username}@{u.hostname}:{u.port}{u.path}"
+    except Exception:
+        return None
+
+
 def _git_commit() -> str | None:
     import subprocess
 
@@ -411,6 +427,7 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
     report = Report(env=env, fail_on=fail_on, areas=selected, findings=findings,
                     generated_at=generated.strftime("%Y-%m-%dT%H:%M:%S.%f+0000"), overrides=overrides,
                     meta={"git_commit": _git_commit(), "run_id": os.environ.get("STACKBOOK_RUN_ID"),
+                          "database": _database_label(conn),
                           "manifests_dir": manifests_dir or None, "seconds_by_area": timings})
     if write:
         report.write()
