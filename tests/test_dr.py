@@ -229,3 +229,14 @@ def test_manifest_is_json_with_counts_and_checksums(source):
         assert {t["table"]: t["checksum"] for t in data["tables"]}["dupes"] == checksum and rows == 4
     finally:
         shutil.rmtree(backup.directory)
+
+
+def test_a_table_locked_too_long_fails_the_backup_clearly(source, monkeypatch):
+    monkeypatch.setattr(dr, "LOCK_WAIT", "300ms")
+    before = sorted(p.name for p in dr.backups_dir().iterdir())
+    with psycopg.connect(sdb.url(source)) as holder:  # a transaction holding ACCESS EXCLUSIVE on app.dupes
+        holder.execute("lock table app.dupes in access exclusive mode")
+        with pytest.raises(dr.DrError, match=r"table app\.dupes .* stayed locked by another session"):
+            dr.backup(source)
+        holder.rollback()
+    assert sorted(p.name for p in dr.backups_dir().iterdir()) == before  # no half backup left

@@ -318,6 +318,10 @@ def _backup_into(out: Path, database: str, wanted: list[str] | None) -> Backup:
                 locked.append((schema, table))
             except psycopg.errors.UndefinedTable:  # dropped after the snapshot was taken
                 skipped.append(f"{schema}.{table}")
+            except psycopg.errors.LockNotAvailable:
+                raise DrError(f"table {schema}.{table} of database {database!r} stayed locked by another session "
+                              f"for {LOCK_WAIT} (DDL or a long transaction holding ACCESS EXCLUSIVE): see "
+                              "pg_locks, let it finish, then run the drill again") from None
         args = [pg_tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", f"--lock-wait-timeout={LOCK_WAIT}",
                 "--no-password", "-f", str(dump)]
         if not whole:

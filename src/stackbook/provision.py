@@ -279,11 +279,13 @@ def _inspect(conn, database_exists: bool) -> dict[str, Any]:
     state: dict[str, Any] = {"admin": _rows(conn, "select current_user")[0][0]}
     state["roles"] = {r[0]: dict(zip(("rolname", *ROLE_ATTRIBUTES), r)) for r in _rows(
         conn, f"select rolname, {', '.join(ROLE_ATTRIBUTES)} from pg_roles where rolname = any(%s)", (names,))}
+    import psycopg
+
     try:
         with conn.transaction():
             state["passwords"] = dict(_rows(conn, "select rolname, rolpassword from pg_authid where rolname = any(%s)",
                                             (names,)))
-    except Exception:  # not a superuser (a managed database): passwords cannot be read
+    except psycopg.errors.InsufficientPrivilege:  # not a superuser (a managed database): passwords unreadable
         state["passwords"] = None
     state["memberships"] = _rows(conn, """
         select m.rolname, g.rolname from pg_auth_members am
