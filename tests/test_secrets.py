@@ -76,3 +76,27 @@ def test_control_run_without_scrubbing_is_found(cli, db, control_store):
         assert leaks(res.err, secret)
     finally:
         db.execute("delete from stackbook.runs where id = %s", (rec["id"],))
+
+
+def test_dotenv_and_process_environment_precedence(tmp_path, monkeypatch):
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / ".env").write_text("# comment\nA=from-dotenv\nB='quoted value'\nexport C=exported\n")
+    (tmp_path / ".env.prod").write_text("A=from-prod-dotenv\n")
+    monkeypatch.setenv("STACKBOOK_PROJECT", str(tmp_path))
+    monkeypatch.delenv("A", raising=False)
+    monkeypatch.delenv("B", raising=False)
+    monkeypatch.setenv("C", "from-process")
+    from stackbook import project
+    from stackbook.errors import SecretError
+
+    project.root.cache_clear()
+    try:
+        assert secrets_mod.collect(["A", "B", "C"], "dev") == {"A": "from-dotenv", "B": "quoted value",
+                                                               "C": "from-process"}
+        assert secrets_mod.collect(["A"], "prod") == {"A": "from-prod-dotenv"}
+        with pytest.raises(SecretError) as err:
+            secrets_mod.collect(["A", "MISSING_ONE"], "dev", runbook="rb")
+        assert "MISSING_ONE" in str(err.value) and "from-dotenv" not in str(err.value)
+    finally:
+        project.root.cache_clear()
