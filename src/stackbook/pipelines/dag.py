@@ -1,0 +1,313 @@
+"""The ploomber side of a pipeline: spec expansion, the DAG, and what is up to date.
+
+Used from ploomber: ``DAGSpec`` (the spec's keys are validated and its
+``{{placeholders}}`` expanded from ``env.yaml`` and the profile's overlay, as
+``ploomber build`` does), ``DAG`` with ``File``/``MetaProduct`` products, and
+the product metadata ploomber keeps beside each product (``.<file>.metadata``:
+the source it was built from, its parameters, a timestamp). ``DAG.render``
+marks a task ``Skipped`` when its source and parameters match the metadata and
+no upstream product is newer or outdated. Not used: ploomber's executors and
+``NotebookRunner`` (execution goes through :mod:`stackbook.runner`, see
+:mod:`stackbook.pipelines.execute`).
+
+Products: relative product paths are placed under
+``.stackbook/pipelines/<pipeline>/<env>/`` so that environments never share
+incremental state. The ``nb`` product is a copy of the executed notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from stackbook import project, runner
+from stackbook.errors import StackbookError, UsageError
+from stackbook.pipelines.spec import PipelineSpec, PipelineSpecError
+
+PLOOMBER_TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1"}
+
+
+def import_ploomber():
+    """Import ploomber with its telemetry and version check off and its home under .stackbook/."""
+    os.environ.update(PLOOMBER_TELEMETRY_OFF)
+    home = project.state_dir() / "ploomber"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PLOOMBER_HOME_DIR", str(home))
+    # as in runner._fast_imports: nbformat's optional IRI checker costs seconds and nothing here needs it
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)
+    import ploomber
+
+    return ploomber
+
+
+def products_dir(spec: PipelineSpec, env: str) -> Path:
+    return project.state_dir() / "pipelines" / spec.state_key / env
+
+
+def runbook_source_text(path: Path) -> str:
+    """What counts as a runbook's source for incremental runs: its code cells, in order.
+
+    Markdown edits do not re-run a task; any code change (parameters cell included) does.
+    """
+    from stackbook import notebooks
+
+    nb = notebooks.read_json(path)
+    cells = [notebooks.cell_source(c) for c in nb["cells"] if c.get("cell_type") == "code"]
+    return "\n# ---- cell ----\n".join(cells)
+
+
+@dataclass
+class PlannedTask:
+    name: str
+    runbook: str
+    path: Path
+    upstream: list[str]
+    prepared: runner.Prepared
+    products: dict[str, Path]
+    action: str = "run"  # "run" or "skip"
+    why: str = ""
+    ploomber_task: Any = None
+
+    @property
+    def retries(self) -> int:
+        return int(self.prepared.runbook.metadata.get("retries") or 0)
+
+    @property
+    def retry_delay_s(self) -> float:
+        return float(self.prepared.runbook.metadata.get("retry_delay_s") or 0)
+
+
+@dataclass
+class Plan:
+    spec: PipelineSpec
+    env: str
+    profile: str | None
+    tasks: dict[str, PlannedTask] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    dag: Any = None
+
+    def mark_built(self, name: str, executed_notebook: str) -> list[str]:
+        """After a task succeeded: copy its notebook to the ``nb`` product, save ploomber's metadata.
+
+        Returns the products that are still missing (the task is then treated as failed).
+        """
+        from stackbook import runstore
+
+        task = self.tasks[name]
+        nb_path = task.products["nb"]
+        nb_path.parent.mkdir(parents=True, exist_ok=True)
+        nb_path.write_text(json.dumps(runstore.read_notebook(executed_notebook), indent=1) + "\n", encoding="utf-8")
+        missing = [str(p) for p in task.products.values() if not p.exists()]
+        if missing:
+            return missing
+        pt = task.ploomber_task
+        pt.product.metadata.update(source_code=str(pt.source), params=pt.params.to_json_serializable(params_only=True))
+        return []
+
+
+def _expand(spec: PipelineSpec, env_values: dict[str, Any], sources: dict[str, Path]) -> list[dict[str, Any]]:
+    """Ploomber's DAGSpec: key validation and placeholder expansion; returns the expanded tasks."""
+    from ploomber.exceptions import DAGSpecInitializationError
+    from ploomber.spec import DAGSpec
+
+    data = json.loads(json.dumps(spec.data, default=str))  # a deep copy, plain types
+    meta = dict(data.get("meta") or {})
+    meta.update(extract_upstream=False, extract_product=False)
+    data["meta"] = meta
+    for raw, outline in zip(data["tasks"], spec.tasks):
+        raw["source"] = str(sources[outline.name])
+        raw["name"] = outline.name
+        raw["upstream"] = list(outline.upstream) or None
+        if not raw["upstream"]:
+            raw.pop("upstream")
+    try:
+        dagspec = DAGSpec(data, env=env_values, lazy_import=True, parent_path=str(spec.folder))
+    except (DAGSpecInitializationError, KeyError, ValueError, TypeError) as exc:
+        raise PipelineSpecError(f"{spec.path}: {exc}") from None
+    out = []
+    for ts in dagspec["tasks"]:
+        d = dict(ts.data)
+        out.append({k: d.get(k) for k in ("name", "source", "product", "params", "upstream")})
+    return out
+
+
+def _product_paths(spec: PipelineSpec, task: str, product: Any, base: Path) -> dict[str, Path]:
+    if isinstance(product, (str, Path)):
+        product = {"nb": product}
+    if not isinstance(product, dict) or "nb" not in product:
+        raise PipelineSpecError(f"{spec.path}: task {task!r}: `product:` must be a path (the executed notebook) or "
+                                "a mapping with an `nb` key (the executed notebook) and other named files")
+    out = {}
+    for key, value in product.items():
+        p = Path(str(value))
+        out[str(key)] = p if p.is_absolute() else base / p
+    if not out["nb"].name.endswith(".ipynb"):
+        raise PipelineSpecError(f"{spec.path}: task {task!r}: the `nb` product must end with .ipynb, got {out['nb']}")
+    return out
+
+
+class _Ploomber:
+    """Classes deriving from ploomber's, created once ploomber is imported."""
+
+    _made: dict[str, type] = {}
+
+    @classmethod
+    def classes(cls):
+        if cls._made:
+            return cls._made["source"], cls._made["task"]
+        import_ploomber()
+        from ploomber.sources.abc import Source
+        from ploomber.tasks.abc import Task
+
+        class RunbookSource(Source):
+            """A runbook's code cells as a ploomber source (compared verbatim: extension None)."""
+
+            def __init__(self, primitive, hot_reload=False):
+                self._path = Path(primitive)
+                self._text = runbook_source_text(self._path)
+
+            @property
+            def primitive(self):
+                return str(self._path)
+
+            @property
+            def variables(self):
+                return set()
+
+            def render(self, params):
+                return self
+
+            @property
+            def loc(self):
+                return str(self._path)
+
+            def __str__(self):
+                return self._text
+
+            def __repr__(self):
+                return f"RunbookSource({str(self._path)!r})"
+
+            @property
+            def doc(self):
+                return None
+
+            @property
+            def extension(self):
+                return None
+
+            def _post_render_validation(self, rendered_value, params):
+                pass
+
+            def _post_init_validation(self, value):
+                pass
+
+            @property
+            def name(self):
+                return self._path.stem
+
+        class RunbookTask(Task):
+            """A runbook in a ploomber DAG. ploomber plans it; stackbook.runner executes it."""
+
+            def __init__(self, source, product, dag, name=None, params=None):
+                self._source = type(self)._init_source(source, {})
+                super().__init__(product, dag, name, params)
+
+            @staticmethod
+            def _init_source(source, kwargs):
+                return RunbookSource(source)
+
+            def run(self):  # pragma: no cover - never called: see stackbook.pipelines.execute
+                raise RuntimeError("RunbookTask runs through stackbook.pipelines.execute, not ploomber's executors")
+
+        cls._made.update(source=RunbookSource, task=RunbookTask)
+        return RunbookSource, RunbookTask
+
+
+def _why(pt, force: bool, will_run_upstream: list[str]) -> str:
+    if force:
+        return "--force"
+    product = pt.product
+    if not product.exists():
+        return "no product yet (never built here)"
+    meta = product.metadata
+    if meta.stored_source_code is None:
+        return "no build metadata"
+    if meta.stored_source_code != str(pt.source):
+        return "runbook source changed"
+    current = pt.params.to_json_serializable(params_only=True)
+    if (meta.params or {}) != json.loads(json.dumps(current, default=str)):
+        changed = sorted(k for k in set(current) | set(meta.params or {})
+                         if (meta.params or {}).get(k) != current.get(k))
+        return "parameters changed: " + ", ".join(changed)
+    if will_run_upstream:
+        return "upstream re-runs: " + ", ".join(will_run_upstream)
+    return "an upstream product is newer"
+
+
+def plan(spec: PipelineSpec, *, env: str = "dev", profile: str | None = None, force: bool = False,
+         pipeline_run_id: str | None = None, cli_params: list[str] | None = None) -> Plan:
+    """Check every task (parameters, secrets, approval: nothing runs on a bad one) and decide what runs."""
+    sources = {}
+    for t in spec.tasks:
+        try:
+            sources[t.name] = spec.resolve_source(t.source)
+        except StackbookError as exc:
+            raise PipelineSpecError(f"pipeline {spec.name!r}, task {t.name!r}: {exc}") from None
+    env_values = spec.env_values(profile)
+    expanded = {d["name"]: d for d in _expand(spec, env_values, sources)}
+    ploomber = import_ploomber()
+    _, RunbookTask = _Ploomber.classes()
+    from ploomber.products import File
+
+    base = products_dir(spec, env)
+    result = Plan(spec=spec, env=env, profile=profile, order=spec.order())
+    dag = ploomber.DAG(name=spec.name)
+    for name in result.order:
+        outline = spec.task(name)
+        d = expanded[name]
+        params = d.get("params") or {}
+        options = runner.RunOptions(env=env, extra_params=dict(params), cli_params=list(cli_params or []),
+                                    pipeline_run_id=pipeline_run_id, progress="off")
+        try:
+            prepared = runner.prepare(str(sources[name]), options)
+        except StackbookError as exc:
+            kind = type(exc) if isinstance(exc, UsageError) else UsageError
+            raise kind(f"pipeline {spec.name!r}, task {name!r}: {exc} (nothing was executed)",
+                       runbook=prepared_name(sources[name]), env=env) from None
+        products = _product_paths(spec, name, d.get("product"), base)
+        plain = json.loads(json.dumps(prepared.params, default=str))
+        product = {k: File(v) for k, v in products.items()}
+        pt = RunbookTask(str(sources[name]), product, dag, name=name, params=plain)
+        for up in outline.upstream:
+            dag[up] >> pt
+        result.tasks[name] = PlannedTask(name=name, runbook=prepared.runbook.name, path=sources[name],
+                                         upstream=list(outline.upstream), prepared=prepared, products=products,
+                                         ploomber_task=pt)
+    dag.render(force=force, show_progress=False)
+    from ploomber.constants import TaskStatus
+
+    for name in result.order:
+        task = result.tasks[name]
+        pt = task.ploomber_task
+        if pt.exec_status == TaskStatus.Skipped:
+            task.action = "skip"
+            task.why = "up to date: runbook source, parameters and upstream products unchanged"
+        else:
+            task.action = "run"
+            ups = [u for u in task.upstream if result.tasks[u].action == "run"]
+            task.why = _why(pt, force, ups)
+    result.dag = dag
+    return result
+
+
+def prepared_name(path: Path) -> str:
+    return Path(path).stem
+
+
+def with_attempt(prepared: runner.Prepared, attempt: int, pipeline_run_id: str) -> runner.Prepared:
+    return replace(prepared, options=replace(prepared.options, attempt=attempt, pipeline_run_id=pipeline_run_id))
