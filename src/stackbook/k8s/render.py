@@ -475,3 +475,14 @@ def referenced_secrets(manifests: list[dict]) -> list[str]:
 
     walk(manifests)
     return sorted(names)
+
+
+def table(manifests: list[dict]) -> list[dict[str, Any]]:
+    """One row per manifest (kind, name, namespace, images) for showing in a runbook."""
+    rows = []
+    for m in manifests:
+        spec = pod_spec(m)
+        images = sorted({str(c.get("image")) for _, c in all_containers(spec)}) if spec else []
+        rows.append({"kind": m.get("kind"), "name": (m.get("metadata") or {}).get("name"),
+                     "namespace": (m.get("metadata") or {}).get("namespace"), "images": ", ".join(images)})
+    return rows
