@@ -59,9 +59,13 @@ class DbtBuildFailed(DbtError):
         self.result = result
 
 
+PROJECT_ENV = "STACKBOOK_DBT_PROJECT"
+
+
 def project_dir() -> Path:
-    """The committed dbt project, ``pipelines/dbt``."""
-    return project.root() / "pipelines" / "dbt"
+    """The dbt project: ``$STACKBOOK_DBT_PROJECT`` (tests, forks), else the committed ``pipelines/dbt``."""
+    explicit = os.environ.get(PROJECT_ENV)
+    return Path(explicit) if explicit else project.root() / "pipelines" / "dbt"
 
 
 def profiles_dir(env: str | None = None) -> Path:
