@@ -542,14 +542,6 @@ class DrillReport:
             "backup_dir": self.backup_dir,
         }
 
-    def record(self) -> dict[str, Any]:
-        """``stackbook.record`` every result."""
-        from stackbook import record
-
-        for key, value in self.results().items():
-            record(key, value)
-        return self.results()
-
     def _repr_markdown_(self) -> str:
         rpo = "n/a" if self.rpo_seconds is None else f"{self.rpo_seconds:.2f} s"
         lines = [
