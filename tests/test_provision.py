@@ -210,3 +210,20 @@ def test_prod_apply_with_approval_records_the_approver(cli, scratch_db):
     assert _exists(scratch_db)
     text = cli("runs", "show", run_id)
     assert "approved_by: alice" in text.out
+
+
+def test_dry_run_verification_sees_role_changes_not_other_sessions_tables(provisioned):
+    before = provision.plan(provisioned)
+    with sdb.connect(provisioned) as conn:  # another session's work: not provisioning's concern
+        conn.execute("create schema other_team")
+        conn.execute("create table raw.other (x int)")
+    assert provision.verify(provisioned, before=before, dry_run=True).ok
+    with sdb.connect(provisioned) as conn:  # a change to a managed role is (and gets planned away)
+        conn.execute(f"grant pg_read_all_stats to {READER}")
+    try:
+        result = provision.verify(provisioned, before=before, dry_run=True)
+        assert not result.ok and "managed roles" in result.problems[0]
+        assert f'REVOKE "pg_read_all_stats" FROM "{READER}"' in provision.plan(provisioned).statements
+    finally:
+        with sdb.connect(provisioned) as conn:
+            conn.execute(f"revoke pg_read_all_stats from {READER}")
