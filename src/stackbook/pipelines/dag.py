@@ -40,7 +40,11 @@ def import_ploomber():
     # as in runner._fast_imports: nbformat's optional IRI checker costs seconds and nothing here needs it
     if "jsonschema" not in sys.modules:
         sys.modules.setdefault("rfc3987_syntax", None)
-    import ploomber
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pydantic v1-style models inside ploomber
+        import ploomber
 
     return ploomber
 
@@ -234,7 +238,8 @@ def _why(pt, force: bool, will_run_upstream: list[str]) -> str:
     product = pt.product
     if not product.exists():
         return "no product yet (never built here)"
-    meta = product.metadata
+    first = next(iter(product.products)) if hasattr(product, "products") else product  # a MetaProduct or a File
+    meta = first.metadata
     if meta.stored_source_code is None:
         return "no build metadata"
     if meta.stored_source_code != str(pt.source):
@@ -288,7 +293,13 @@ def plan(spec: PipelineSpec, *, env: str = "dev", profile: str | None = None, fo
         result.tasks[name] = PlannedTask(name=name, runbook=prepared.runbook.name, path=sources[name],
                                          upstream=list(outline.upstream), prepared=prepared, products=products,
                                          ploomber_task=pt)
-    dag.render(force=force, show_progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        # ploomber warns when one file of a multi-file product is missing ("corrupted metadata"); the
+        # task is outdated then, and _why() says why in plain words
+        warnings.simplefilter("ignore", UserWarning)
+        dag.render(force=force, show_progress=False)
     from ploomber.constants import TaskStatus
 
     for name in result.order:
