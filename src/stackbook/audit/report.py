@@ -282,6 +282,12 @@ class Report:
     def _repr_html_(self) -> str:
         return self.html()
 
+    def __repr__(self) -> str:
+        c = self.counts()
+        verdict = "passed" if self.passed else f"failed ({', '.join(self.failing_ids)})"
+        return (f"<audit report {self.env}: {verdict} at fail_on={self.fail_on}; {self.checks_total} checks, "
+                f"{c['pass']} pass, {c['fail']} fail, {c['error']} error, {c['skip']} skip; {self.path}>")
+
     def check(self, fail_on: str | None = None) -> "Report":
         """Raise ``AuditFailed`` when a check at or above ``fail_on`` failed; return self otherwise."""
         bad = self.failing(fail_on)
