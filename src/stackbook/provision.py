@@ -713,6 +713,16 @@ class Verification:
     def ok(self) -> bool:
         return not self.problems
 
+    def _repr_markdown_(self) -> str:
+        cols = ["role", "exists", "canlogin", "super", "createrole", "createdb", "scram_password"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+        lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in self.roles]
+        if self.reader_write_denied is not None:
+            lines += ["", f"reader cannot write raw: **{self.reader_write_denied}**"]
+            lines += [f"- {e}" for e in self.evidence]
+        lines += ["", "**verified**" if self.ok else "**problems:**"] + [f"- {p}" for p in self.problems]
+        return "\n".join(lines)
+
 
 def verify(database: str, before: Plan, dry_run: bool, env: str | None = None) -> Verification:
     """Post-conditions. Dry run: the database's existence and the managed roles are unchanged.
