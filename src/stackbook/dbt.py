@@ -152,14 +152,17 @@ class Failure:
     status: str  # error, fail
     message: str
     failing_rows: int | None = None
+    model: str | None = None  # for a test: the model it tests
     sample: Any = None  # pandas DataFrame of failing rows (data tests), else None
     compiled_sql: str | None = None
 
     def describe(self) -> str:
-        what = "test" if self.resource_type in ("test", "unit_test") else self.resource_type
+        what = {"test": "test", "unit_test": "unit test"}.get(self.resource_type, self.resource_type)
+        on = f" of model {self.model}" if self.model and self.resource_type in ("test", "unit_test") else ""
         rows = f" ({self.failing_rows} failing rows)" if self.failing_rows else ""
-        message = (self.message or "").strip().splitlines()
-        return f"{what} {self.name} {self.status}{rows}: {message[0] if message else 'no message'}"
+        lines = [line.strip() for line in (self.message or "").splitlines() if line.strip()]
+        detail = " / ".join(lines[:4]) if lines else "no message"
+        return f"{what} {self.name}{on} {self.status}{rows}: {detail[:500]}"
 
 
 @dataclass
@@ -250,6 +253,16 @@ def _sample_failing_rows(compiled_sql: str, database_url: str, limit: int = SAMP
         return pd.DataFrame(cur.fetchall(), columns=names)
 
 
+def _tested_model(node) -> str | None:
+    """The model a data test or unit test is attached to, by name."""
+    for attr in ("tested_node_unique_id", "attached_node"):
+        value = getattr(node, attr, None)
+        if isinstance(value, str) and value:
+            return value.split(".")[-1]
+    value = getattr(node, "model", None)
+    return value if isinstance(value, str) else None
+
+
 def _rows_and_failures(run_result, database_url: str) -> tuple[list[dict], list[Failure]]:
     rows, failures = [], []
     for r in getattr(run_result, "results", None) or []:
@@ -268,7 +281,8 @@ def _rows_and_failures(run_result, database_url: str) -> tuple[list[dict], list[
         if status in FAILED_STATUSES:
             compiled = getattr(node, "compiled_code", None)
             failure = Failure(node=node.unique_id, name=node.name, resource_type=resource_type, status=status,
-                              message=message, failing_rows=r.failures, compiled_sql=compiled)
+                              message=message, failing_rows=r.failures, compiled_sql=compiled,
+                              model=_tested_model(node))
             if resource_type == "test" and status == "fail" and compiled:
                 try:
                     failure.sample = _sample_failing_rows(compiled, database_url)
