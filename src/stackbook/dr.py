@@ -25,6 +25,11 @@ one method per step):
    explicit values). The drill passes when every table matches and both
    targets are met.
 
+The heartbeat is written just before the snapshot, so the RPO measured is an
+upper bound of the data a restore of this backup would lose (failure time
+minus the newest write known to be in it). A scheduler may call ``beat()`` at
+intervals, so that the newest heartbeat of any backup also tells its age.
+
 Format: ``pg_dump -Fc`` (custom), one compressed file. A single file is easy to
 checksum, copy and keep, ``pg_restore -j`` restores it in parallel all the
 same, and on a database this size a parallel dump (``-Fd -j``, one file per
