@@ -185,6 +185,12 @@ def test_postgres_live_weakened_role_is_caught(db, weak_role):
     for rid in ("PG-006", "PG-007", "PG-010"):
         assert resource in {f.resource for f in by(findings, rid, "fail")}, (rid, by(findings, rid))
     assert resource not in {f.resource for f in by(findings, "PG-005", "fail")}  # not a superuser
+    # named as an administrative role, its attributes are allowed (its missing password is not)
+    allowed = audit_report.run("dev", areas=["postgres"], conn=db, admin_roles=[weak_role], write=False).findings
+    for rid in ("PG-006", "PG-007"):
+        [f] = [f for f in allowed if f.id == rid and f.resource == resource]
+        assert f.status == "pass" and "allow-list" in f.evidence
+    assert resource in {f.resource for f in by(allowed, "PG-010", "fail")}
 
 
 def test_postgres_live_weakened_public_schema_is_caught(db, database_url):

@@ -197,7 +197,7 @@ def admin_exception(role: dict, admin_roles: Iterable[str]) -> str | None:
         return ("bootstrap superuser (oid 10) created by initdb; it owns the cluster and is the administrative "
                 "role, not an application role")
     if role["rolname"] in set(admin_roles):
-        return "named in the administrative allow-list (environment file audit.admin_roles)"
+        return "named in the administrative allow-list (admin_roles: runbook parameter or environment file audit.admin_roles)"
     return None
 
 

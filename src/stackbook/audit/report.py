@@ -386,8 +386,9 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
         severity: dict[str, str] | None = None, known_secrets: dict[str, str] | None = None) -> Report:
     """Run the audit of ``env`` (default: the current environment) and return its report.
 
-    ``areas``: a subset of ``AREAS`` (default all). ``severity`` and ``admin_roles`` default to the
-    environment file's ``audit`` settings. Nothing raises for a failing check: call ``Report.check()``.
+    ``areas``: a subset of ``AREAS`` (default all). ``severity`` defaults to the environment file's
+    ``audit.severity``; ``admin_roles`` adds to its ``audit.admin_roles``. Nothing raises for a failing
+    check: call ``Report.check()``.
     """
     from stackbook import environments
     from stackbook.secrets import Scrubber
@@ -405,7 +406,7 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
     if bad:
         raise UsageError(f"environment {env!r}: audit.severity values must be one of {SEVERITIES}: {bad}", env=env)
     opts = {"manifests_dir": manifests_dir, "conn": conn,
-            "admin_roles": list(settings.get("admin_roles") or []) if admin_roles is None else list(admin_roles),
+            "admin_roles": sorted(set(settings.get("admin_roles") or []) | set(admin_roles or [])),
             "known_secrets": known_secrets}
     generated = datetime.now(timezone.utc)
     findings: list[Finding] = []
