@@ -8,7 +8,10 @@ connections (a closed local port).
 from __future__ import annotations
 
 import copy
+import io
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -204,12 +207,79 @@ def test_renderer_transformers(tmp_path):
     assert "namespace" not in ms["Namespace/x"]["metadata"]  # cluster-scoped
     main = one["spec"]["template"]["spec"]["containers"][0]
     assert main["image"] == "reg/app:2.1"
-    assert main["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    assert main["env"] == [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]  # kustomize order
     assert two["spec"]["template"]["spec"]["containers"][0]["image"] == "other:3"
     assert two["spec"]["replicas"] == 3 and one["spec"]["replicas"] == 1
     assert one["spec"]["minReadySeconds"] == 5 and two["spec"]["minReadySeconds"] == 5
     assert one["spec"]["selector"]["matchLabels"] == {"team": "data"}  # null removed `app`, labels added
     assert one["spec"]["template"]["metadata"]["labels"] == {"app": "one", "team": "data"}
+
+
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="no kubectl here: its embedded kustomize is the reference")
+
+
+def kustomize(folder: Path) -> dict[str, dict]:
+    """The reference: `kubectl kustomize` (kustomize v5 embedded in kubectl) on a folder."""
+    proc = subprocess.run([KUBECTL, "kustomize", "--enable-alpha-plugins", str(folder)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return by_id([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+@needs_kubectl
+@pytest.mark.parametrize("env", ENVS)
+def test_overlays_render_as_kustomize_renders_them(env):
+    # kubectl's kustomize does not run exec generators (no --enable-exec), so compare without the CronJobs
+    reference = kustomize(render.overlay_dir(env))
+    ours = by_id(render.render(env, runbooks=[]))
+    assert {k: v for k, v in reference.items() if not k.startswith("CronJob/")} == ours
+
+
+@needs_kubectl
+def test_renderer_matches_kustomize_on_every_transformer(tmp_path):
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "app"}]}}}}
+    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "cj"},
+            "spec": {"schedule": "@daily", "jobTemplate": {"spec": job["spec"]}}}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+           "spec": {"selector": {"app": "one"}, "ports": [{"port": 80}]}}
+    netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "np"},
+              "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"a": "b"}}},
+                                                                {"namespaceSelector": {}}]}]}}
+    base = write_kustomization(tmp_path / "base", {"resources": ["app.yaml"], "commonLabels": {"team": "data"},
+                                                   "images": [{"name": "app", "newName": "reg/app", "newTag": "2.0"}]},
+                               {"app.yaml": [deployment("one"), deployment("two", "other:3"), job, cron, svc, netpol,
+                                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}]})
+    overlay = write_kustomization(
+        tmp_path / "overlay",
+        {"resources": ["../base"], "namespace": "x", "commonLabels": {"env": "qa"},
+         "replicas": [{"name": "two", "count": 3}], "images": [{"name": "reg/app", "newTag": "2.1"}],
+         "patches": [{"path": "p.yaml"}, {"path": "all.yaml", "target": {"kind": "Deployment"}}]},
+        {"p.yaml": [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "one"},
+                     "spec": {"template": {"spec": {"containers": [
+                         {"name": "main", "env": [{"name": "B", "value": "2"}]},
+                         {"name": "sidecar", "image": "app:9"}]}}}}],
+         "all.yaml": [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ignored"},
+                       "spec": {"minReadySeconds": 5, "template": {"metadata": {"annotations": {"x": "y"}}}}}]})
+    assert base.is_dir()
+    ours, reference = by_id(render.build(overlay, runbooks=[])), kustomize(overlay)
+    for rid in reference:
+        assert (rid, ours.get(rid)) == (rid, reference[rid])
+    assert ours.keys() == reference.keys()
+
+
+def test_krm_exec_function_generates_the_cronjobs():
+    """What real kustomize runs for the generator (infra/k8s/base/runbook-cronjobs.sh) gives what render gives."""
+    from stackbook.k8s import krm
+
+    config = render.load_yaml_documents(render.project.root() / "infra" / "k8s" / "base" / "runbook-cronjobs.yaml")[0]
+    out = io.StringIO()
+    assert krm.main(io.StringIO(yaml.safe_dump({"apiVersion": "config.kubernetes.io/v1", "kind": "ResourceList",
+                                                "items": [], "functionConfig": config})), out) == 0
+    items = yaml.safe_load(out.getvalue())["items"]
+    from stackbook import catalog
+
+    assert items == render.runbook_cronjobs(config, catalog.all_runbooks())
 
 
 @pytest.mark.parametrize("kustomization, files, message", [

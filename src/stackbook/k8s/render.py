@@ -9,8 +9,9 @@ kustomize would, for the subset stackbook uses::
     patches:      ``- path: file.yaml`` (targets the kind and name in the file) or
                   ``- path: file.yaml\n  target: {kind: CronJob}`` (every match).
                   A patch is a deep merge: mappings merge, lists of named items
-                  (containers, env, ports ...) merge by ``name``, other lists are
-                  replaced, and a ``null`` value removes the key
+                  (containers, env, ports ...) merge by ``name`` (the patch's items
+                  first, as kustomize orders them), other lists are replaced, and a
+                  ``null`` value removes the key
     namespace:    set on every namespaced resource
     commonLabels: added to metadata, selectors and pod templates
     images:       ``{name, newName, newTag, digest}`` rewrites matching images
@@ -119,14 +120,12 @@ def deep_merge(base: Any, patch: Any) -> Any:
                 out[key] = copy.deepcopy(value)
         return out
     if isinstance(base, list) and isinstance(patch, list) and _named(base) and _named(patch):
-        out = [copy.deepcopy(item) for item in base]
-        index = {item["name"]: n for n, item in enumerate(out)}
-        for item in patch:
-            if item["name"] in index:
-                out[index[item["name"]]] = deep_merge(out[index[item["name"]]], item)
-            else:
-                out.append(copy.deepcopy(item))
-        return out
+        # as kustomize's strategic merge orders them: the patch's items first, then the others
+        originals = {item["name"]: item for item in base}
+        patched = [deep_merge(originals[item["name"]], item) if item["name"] in originals else copy.deepcopy(item)
+                   for item in patch]
+        names = {item["name"] for item in patch}
+        return patched + [copy.deepcopy(item) for item in base if item["name"] not in names]
     return copy.deepcopy(patch)
 
 
@@ -200,23 +199,35 @@ def _transform_images(manifests: list[dict], images: list[dict], where: Path) ->
 
 
 def _add_labels(manifests: list[dict], labels: dict) -> None:
+    """kustomize's commonLabels field specs: metadata, selectors and pod templates (created where kustomize
+    creates them, only extended where it does not, e.g. a NetworkPolicy's podSelector)."""
     labels = {str(k): str(v) for k, v in labels.items()}
+
+    def add(obj: dict, path: tuple[str, ...], create: bool) -> None:
+        target = _dig(obj, path, create=create)
+        if isinstance(target, dict):
+            target.update(labels)
+
     for m in manifests:
         kind = m.get("kind")
-        _dig(m, ("metadata", "labels"), create=True).update(labels)
-        if kind in POD_SPEC_PATHS and kind != "Pod":
-            template_path = POD_SPEC_PATHS[kind][:-1]
-            _dig(m, (*template_path, "metadata", "labels"), create=True).update(labels)
-            if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}:
-                _dig(m, ("spec", "selector", "matchLabels"), create=True).update(labels)
-            if kind == "ReplicationController":
-                _dig(m, ("spec", "selector"), create=True).update(labels)
-        if kind == "CronJob":
-            _dig(m, ("spec", "jobTemplate", "metadata", "labels"), create=True).update(labels)
-        if kind == "Service" and isinstance((m.get("spec") or {}).get("selector"), dict):
-            m["spec"]["selector"].update(labels)
-        if kind == "NetworkPolicy":
-            _dig(m, ("spec", "podSelector", "matchLabels"), create=True).update(labels)
+        add(m, ("metadata", "labels"), True)
+        if kind in POD_SPEC_PATHS and kind not in ("Pod", "PodTemplate"):
+            add(m, (*POD_SPEC_PATHS[kind][:-1], "metadata", "labels"), True)
+        if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}:
+            add(m, ("spec", "selector", "matchLabels"), True)
+        elif kind in ("ReplicationController", "Service"):
+            add(m, ("spec", "selector"), True)
+        elif kind == "Job":
+            add(m, ("spec", "selector", "matchLabels"), False)
+        elif kind == "CronJob":
+            add(m, ("spec", "jobTemplate", "metadata", "labels"), True)
+            add(m, ("spec", "jobTemplate", "spec", "selector", "matchLabels"), False)
+        elif kind == "NetworkPolicy":
+            add(m, ("spec", "podSelector", "matchLabels"), False)
+            for direction, peers in (("ingress", "from"), ("egress", "to")):
+                for rule in (m.get("spec") or {}).get(direction) or []:
+                    for peer in (rule or {}).get(peers) or []:
+                        add(peer or {}, ("podSelector", "matchLabels"), False)
 
 
 def _set_namespace(manifests: list[dict], namespace: str) -> None:
