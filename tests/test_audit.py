@@ -423,7 +423,8 @@ def test_ops001_ops002_freshness_from_ledger_rows(db, scratch_env):
     assert res[("OPS-001", r("fresh"))].status == "pass"
     assert res[("OPS-001", r("stale"))].status == "fail" and "older than its window of 2 h" in \
         res[("OPS-001", r("stale"))].evidence
-    assert res[("OPS-001", r("failing"))].status == "fail" and "none succeeded" in res[("OPS-001", r("failing"))].evidence
+    failing = res[("OPS-001", r("failing"))]
+    assert failing.status == "fail" and "none succeeded" in failing.evidence
     assert res[("OPS-001", r("never"))].status == "skip"
     assert res[("OPS-002", r("never"))].status == "fail" and res[("OPS-002", r("never"))].severity == "medium"
     assert {res[("OPS-002", r(n))].status for n in ("fresh", "stale", "failing")} == {"pass"}

@@ -197,7 +197,8 @@ def admin_exception(role: dict, admin_roles: Iterable[str]) -> str | None:
         return ("bootstrap superuser (oid 10) created by initdb; it owns the cluster and is the administrative "
                 "role, not an application role")
     if role["rolname"] in set(admin_roles):
-        return "named in the administrative allow-list (admin_roles: runbook parameter or environment file audit.admin_roles)"
+        return ("named in the administrative allow-list (admin_roles: runbook parameter or environment file "
+                "audit.admin_roles)")
     return None
 
 
@@ -281,7 +282,8 @@ def _hba_rule(obs: dict, rule_id: str, methods: tuple[str, ...]) -> Iterator[Fin
     if not bad:
         used = sorted({(r.get("auth_method") or "?") for r in rows})
         yield finding(rule_id, "pass", "postgres/pg_hba.conf",
-                      f"{len(rows)} rules, none using {' or '.join(methods)} (methods in use: {', '.join(used) or 'none'})")
+                      f"{len(rows)} rules, none using {' or '.join(methods)} "
+                      f"(methods in use: {', '.join(used) or 'none'})")
 
 
 @register(_rule("PG-008", "No pg_hba.conf line uses trust", "critical",

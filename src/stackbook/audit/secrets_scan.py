@@ -57,10 +57,12 @@ _KEYWORDS = r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|
 # Patterns never cross a line ([ \t] rather than \s) and run over whole texts, not line by line.
 PATTERNS: list[tuple[str, re.Pattern, bool, tuple[str, ...]]] = [
     ("private key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"), False, ("private key",)),
-    ("AWS access key id", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"),
+    ("AWS access key id",
+     re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"),
      False, ("akia", "asia", "agpa", "aida", "aroa", "anpa", "anva", "aipa")),
     ("AWS secret access key",
-     re.compile(r"(?i)aws_?secret_?access_?key['\"]?[ \t]*[:=][ \t]*['\"]?(?P<value>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
+     re.compile(r"(?i)aws_?secret_?access_?key['\"]?[ \t]*[:=][ \t]*['\"]?"
+                r"(?P<value>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
      False, ("secret_access", "secretaccess")),
     ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"), False, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
     ("Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), False, ("xox",)),
@@ -126,7 +128,8 @@ MATCHERS = [(kind, FAST.get(kind) or _regex_matches(pattern, kind), random_value
 CONFIG_MATCHER = (CONFIG_PATTERN[0], _regex_matches(CONFIG_PATTERN[1], CONFIG_PATTERN[0]), True, CONFIG_PATTERN[3])
 
 PLACEHOLDER = re.compile(
-    r"(?i)(\$\{|\$\(|\{\{|\{[^}]*\}|\{%|%\(|^\$[A-Z_]|^<.*>$|\[secret:|\*\*\*|xxxx|changeme|change_me|example|placeholder|"
+    r"(?i)(\$\{|\$\(|\{\{|\{[^}]*\}|\{%|%\(|^\$[A-Z_]|^<.*>$|\[secret:|\*\*\*|xxxx|changeme|change_me|"
+    r"example|placeholder|"
     r"redacted|dummy|your[_-]|^none$|^null$|^true$|^false$|^secret$|^password$|^env:|^vault:|secretref|"
     r"secretkeyref|^os\.|environ|getenv|^\.\.\.$|"
     # words that mark a value as a fake for tests and docs (a real credential does not spell them out)
