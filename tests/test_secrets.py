@@ -100,3 +100,20 @@ def test_dotenv_and_process_environment_precedence(tmp_path, monkeypatch):
         assert "MISSING_ONE" in str(err.value) and "from-dotenv" not in str(err.value)
     finally:
         project.root.cache_clear()
+
+
+def test_optional_secrets_are_passed_and_scrubbed_when_set_and_not_required(cli, tmp_path):
+    import shutil
+
+    src = json.loads((Path(nb("leaks_secret"))).read_text())
+    src["metadata"]["stackbook"]["secrets"] = []
+    src["metadata"]["stackbook"]["optional_secrets"] = ["CANARY_SECRET"]
+    path = tmp_path / "optional_secret.ipynb"
+    path.write_text(json.dumps(src))
+    secret = "canary/" + secrets.token_urlsafe(18) + "+@="
+    res = cli("run", str(path), "--json", env={"CANARY_SECRET": secret})
+    assert res.code == 1 and leaks(res.out + res.err, secret) == []
+    assert leaks(Path(res.json()["output"]).read_text(), secret) == []
+    unset = cli("run", str(path), "-p", "raise_error=false", env={"CANARY_SECRET": ""})
+    assert unset.code == 0, unset  # not refused up front, unlike a missing required secret
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -16,13 +16,10 @@ def lab_environment(env_name: str) -> dict[str, str]:
     from stackbook import db
 
     env = environments.load(env_name)
-    names = sorted({s for rb in catalog.all_runbooks() for s in rb.metadata.get("secrets", [])})
-    found: dict[str, str] = {}
-    for name in names:
-        try:
-            found.update(secrets_mod.collect([name], env.name))
-        except secrets_mod.SecretError:
-            pass  # a runbook that needs it will say so when it runs
+    names = sorted({s for rb in catalog.all_runbooks()
+                    for s in rb.metadata.get("secrets", []) + rb.metadata.get("optional_secrets", [])})
+    # a runbook that needs a missing one says so when it runs
+    found = secrets_mod.collect_optional(names, env.name)
     lab_dir = project.state_dir() / "lab"
     lab_dir.mkdir(exist_ok=True)
     return {

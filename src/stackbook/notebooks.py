@@ -27,7 +27,8 @@ METADATA_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "destructive": (bool, False),
     "exclusive": (bool, False),
     "timeout": ((int, float), None),
-    "secrets": (list, []),
+    "secrets": (list, []),  # required: a run without them exits 2
+    "optional_secrets": (list, []),  # passed and scrubbed when set, not required
     "tags": (list, []),
     "freshness_hours": ((int, float), None),
     "retries": (int, 0),

@@ -98,6 +98,7 @@ def prepare(name: str, options: RunOptions) -> Prepared:
     )
     check_approval(runbook, env, values, options.approved_by)
     found = secrets_mod.collect(runbook.metadata.get("secrets", []), env.name, runbook.name)
+    found.update(secrets_mod.collect_optional(runbook.metadata.get("optional_secrets", []), env.name))
     return Prepared(runbook=runbook, env=env, params=values, secrets=found, options=options)
 
 

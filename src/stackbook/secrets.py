@@ -65,6 +65,17 @@ def collect(names: list[str], env: str, runbook: str | None = None) -> dict[str,
     return found
 
 
+def collect_optional(names: list[str], env: str) -> dict[str, str]:
+    """Values of the optional secrets that are set; the missing ones are left out."""
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found.update(collect([name], env))
+        except SecretError:
+            pass
+    return found
+
+
 def forms(value: str) -> set[str]:
     """Every encoding of a secret value that is scrubbed."""
     raw = value.encode()
