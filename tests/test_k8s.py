@@ -463,3 +463,27 @@ def test_provision_cluster_apply_to_a_missing_context_fails_the_run(cli, tmp_pat
     assert result.code == 1, result
     assert "kubeconfig context 'staging'" in result.err and "not configured here" in result.err
     assert list((tmp_path / "out").glob("*.yaml"))  # rendered before it stopped
+
+
+def test_provision_cluster_apply_in_prod_needs_approval(cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "provision_cluster", "-e", "prod", "-p", "dry_run=false", "-p", f"output_dir={out}",
+                 env={"KUBECONFIG": str(tmp_path / "absent")})
+    assert result.code == 3, result
+    assert "--approved-by" in result.err
+    assert not out.exists()  # refused before the kernel started: nothing rendered, nothing applied
+
+
+def test_provision_cluster_dry_run_in_staging_plans_and_says_why(cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "provision_cluster", "-e", "staging", "-p", f"output_dir={out}", "--json",
+                 env={"KUBECONFIG": str(tmp_path / "absent")})
+    assert result.code == 0, result
+    record = result.json()
+    results = record["results"]
+    assert results["applied"] is False and results["cluster"] == "not configured"
+    assert results["manifests_rendered"] == results["manifests_validated"] == results["resources_create"]
+    assert results["k8s_checks_failed"] == 0 and results["k8s_checks_total"] > 0
+    assert len(list(out.glob("*.yaml"))) == results["manifests_rendered"]
+    executed = Path(record["output"]).read_text()
+    assert "context 'staging' is not configured here" in executed
