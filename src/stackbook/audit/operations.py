@@ -91,7 +91,7 @@ def _resource(name: str, env: str) -> str:
 
 
 @register(_rule("OPS-001", "Every scheduled runbook succeeded within its freshness window", "high",
-                ("SOC2:CC7.1", "SOC2:CC7.2", "ISO27001:A.5.37", "ISO27001:A.8.16"),
+                ("SOC2 CC7.1", "SOC2 CC7.2", "ISO27001 A.5.37", "ISO27001 A.8.16"),
                 "Find why the schedule stopped or fails (`stackbook runs RUNBOOK -e ENV`, the executed notebook in "
                 "the run store), fix it and run the runbook; if the window is wrong, set freshness_hours in the "
                 "runbook's metadata."))
@@ -128,7 +128,7 @@ def scheduled_fresh(ctx: dict) -> Iterator[Finding]:
 
 
 @register(_rule("OPS-002", "Every scheduled runbook has run in this environment", "medium",
-                ("SOC2:CC7.2", "SOC2:CC8.1", "ISO27001:A.5.37", "ISO27001:A.8.16"),
+                ("SOC2 CC7.2", "SOC2 CC8.1", "ISO27001 A.5.37", "ISO27001 A.8.16"),
                 "Deploy the schedule (`stackbook schedule`: crontab, Airflow DAG or CronJob) for this environment, or "
                 "run the runbook once by hand: `stackbook run RUNBOOK -e ENV`."))
 def scheduled_ran(ctx: dict) -> Iterator[Finding]:
@@ -157,7 +157,7 @@ def _dr(ctx: dict) -> dict | None:
 
 
 @register(_rule("OPS-003", "The last DR drill passed within its window", "high",
-                ("SOC2:CC7.4", "SOC2:CC7.5", "ISO27001:A.5.29", "ISO27001:A.5.30", "ISO27001:A.8.13"),
+                ("SOC2 CC7.4", "SOC2 CC7.5", "ISO27001 A.5.29", "ISO27001 A.5.30", "ISO27001 A.8.13"),
                 "Run the drill (`stackbook run dr_drill -e ENV`), fix what it finds (a table that differs, an RTO or "
                 "RPO target missed) until it passes, and keep it on its schedule."))
 def dr_drill_passed(ctx: dict) -> Iterator[Finding]:
@@ -190,7 +190,7 @@ def dr_drill_passed(ctx: dict) -> Iterator[Finding]:
 
 
 @register(_rule("OPS-004", "A DR drill exists and has run in this environment", "medium",
-                ("SOC2:CC7.5", "ISO27001:A.5.30", "ISO27001:A.8.13"),
+                ("SOC2 CC7.5", "ISO27001 A.5.30", "ISO27001 A.8.13"),
                 "Add runbooks/dr/dr_drill.ipynb if missing and run it in this environment: "
                 "`stackbook run dr_drill -e ENV`."))
 def dr_drill_ran(ctx: dict) -> Iterator[Finding]:

@@ -33,7 +33,7 @@ BOOTSTRAP_OID = 10
 SETTINGS = ("ssl", "password_encryption", "log_connections", "log_disconnections")
 WEAK_HBA_METHODS = ("password", "md5")
 
-_SOC_ACCESS = ("SOC2:CC6.1",)
+_SOC_ACCESS = ("SOC2 CC6.1",)
 
 
 def _rule(id: str, title: str, severity: str, controls: Iterable[str], fix: str) -> Rule:
@@ -158,8 +158,8 @@ def _setting_rule(obs: dict, rule_id: str, name: str, want: str) -> Iterator[Fin
         yield finding(rule_id, "fail", resource, f"{name} = {value} (expected {want})")
 
 
-@register(_rule("PG-001", "TLS is enabled (ssl = on)", "high", ("SOC2:CC6.1", "SOC2:CC6.7", "ISO27001:A.8.20",
-                "ISO27001:A.8.24"),
+@register(_rule("PG-001", "TLS is enabled (ssl = on)", "high", ("SOC2 CC6.1", "SOC2 CC6.7", "ISO27001 A.8.20",
+                "ISO27001 A.8.24"),
                 "Set ssl = on with ssl_cert_file and ssl_key_file in postgresql.conf (or the managed service's "
                 "TLS option), reload, and use hostssl lines in pg_hba.conf."))
 def ssl_on(obs: dict) -> Iterator[Finding]:
@@ -167,7 +167,7 @@ def ssl_on(obs: dict) -> Iterator[Finding]:
 
 
 @register(_rule("PG-002", "Passwords are stored as SCRAM-SHA-256 (password_encryption)", "high",
-                ("SOC2:CC6.1", "ISO27001:A.5.17", "ISO27001:A.8.5", "ISO27001:A.8.24"),
+                ("SOC2 CC6.1", "ISO27001 A.5.17", "ISO27001 A.8.5", "ISO27001 A.8.24"),
                 "ALTER SYSTEM SET password_encryption = 'scram-sha-256'; SELECT pg_reload_conf(); then reset "
                 "every password stored as md5 (\\password ROLE)."))
 def password_encryption(obs: dict) -> Iterator[Finding]:
@@ -175,14 +175,14 @@ def password_encryption(obs: dict) -> Iterator[Finding]:
 
 
 @register(_rule("PG-003", "Connections are logged (log_connections = on)", "medium",
-                ("SOC2:CC7.2", "ISO27001:A.8.15", "ISO27001:A.8.16"),
+                ("SOC2 CC7.2", "ISO27001 A.8.15", "ISO27001 A.8.16"),
                 "ALTER SYSTEM SET log_connections = on; (takes effect for new sessions after a reload)."))
 def log_connections(obs: dict) -> Iterator[Finding]:
     yield from _setting_rule(obs, "PG-003", "log_connections", "on")
 
 
 @register(_rule("PG-004", "Disconnections are logged (log_disconnections = on)", "medium",
-                ("SOC2:CC7.2", "ISO27001:A.8.15", "ISO27001:A.8.16"),
+                ("SOC2 CC7.2", "ISO27001 A.8.15", "ISO27001 A.8.16"),
                 "ALTER SYSTEM SET log_disconnections = on; (takes effect for new sessions after a reload)."))
 def log_disconnections(obs: dict) -> Iterator[Finding]:
     yield from _setting_rule(obs, "PG-004", "log_disconnections", "on")
@@ -226,7 +226,7 @@ def _attribute_rule(obs: dict, rule_id: str, column: str, label: str) -> Iterato
 
 
 @register(_rule("PG-005", "No application role is a superuser", "critical",
-                ("SOC2:CC6.1", "SOC2:CC6.3", "ISO27001:A.8.2", "ISO27001:A.5.15"),
+                ("SOC2 CC6.1", "SOC2 CC6.3", "ISO27001 A.8.2", "ISO27001 A.5.15"),
                 "ALTER ROLE <name> NOSUPERUSER; grant the role only the privileges it needs "
                 "(runbooks/provision/provision_warehouse.ipynb sets up least-privilege roles)."))
 def no_superuser(obs: dict) -> Iterator[Finding]:
@@ -234,14 +234,14 @@ def no_superuser(obs: dict) -> Iterator[Finding]:
 
 
 @register(_rule("PG-006", "No application role can create roles (CREATEROLE)", "high",
-                ("SOC2:CC6.2", "SOC2:CC6.3", "ISO27001:A.8.2", "ISO27001:A.5.18"),
+                ("SOC2 CC6.2", "SOC2 CC6.3", "ISO27001 A.8.2", "ISO27001 A.5.18"),
                 "ALTER ROLE <name> NOCREATEROLE; role administration belongs to the administrative role."))
 def no_createrole(obs: dict) -> Iterator[Finding]:
     yield from _attribute_rule(obs, "PG-006", "rolcreaterole", "CREATEROLE")
 
 
 @register(_rule("PG-007", "No application role can create databases (CREATEDB)", "high",
-                ("SOC2:CC6.3", "SOC2:CC8.1", "ISO27001:A.8.2"),
+                ("SOC2 CC6.3", "SOC2 CC8.1", "ISO27001 A.8.2"),
                 "ALTER ROLE <name> NOCREATEDB; databases are created by provisioning, not by applications."))
 def no_createdb(obs: dict) -> Iterator[Finding]:
     yield from _attribute_rule(obs, "PG-007", "rolcreatedb", "CREATEDB")
@@ -287,7 +287,7 @@ def _hba_rule(obs: dict, rule_id: str, methods: tuple[str, ...]) -> Iterator[Fin
 
 
 @register(_rule("PG-008", "No pg_hba.conf line uses trust", "critical",
-                ("SOC2:CC6.1", "ISO27001:A.8.5", "ISO27001:A.5.17"),
+                ("SOC2 CC6.1", "ISO27001 A.8.5", "ISO27001 A.5.17"),
                 "Replace trust with scram-sha-256 (or peer for local maintenance sockets) in pg_hba.conf and "
                 "reload (SELECT pg_reload_conf())."))
 def hba_no_trust(obs: dict) -> Iterator[Finding]:
@@ -295,7 +295,7 @@ def hba_no_trust(obs: dict) -> Iterator[Finding]:
 
 
 @register(_rule("PG-009", "No pg_hba.conf line uses password or md5", "high",
-                ("SOC2:CC6.1", "SOC2:CC6.7", "ISO27001:A.8.5", "ISO27001:A.8.24"),
+                ("SOC2 CC6.1", "SOC2 CC6.7", "ISO27001 A.8.5", "ISO27001 A.8.24"),
                 "Use scram-sha-256 instead of password (clear text) or md5 in pg_hba.conf, reset md5-hashed "
                 "passwords, and reload."))
 def hba_no_weak_password(obs: dict) -> Iterator[Finding]:
@@ -312,7 +312,7 @@ def _authid_skip(obs: dict, rule_id: str) -> Finding:
 
 
 @register(_rule("PG-010", "Every login role has a password", "medium",
-                ("SOC2:CC6.1", "SOC2:CC6.2", "ISO27001:A.5.17", "ISO27001:A.8.5"),
+                ("SOC2 CC6.1", "SOC2 CC6.2", "ISO27001 A.5.17", "ISO27001 A.8.5"),
                 "ALTER ROLE <name> PASSWORD '...' (from a secret store), or ALTER ROLE <name> NOLOGIN when it "
                 "is a group role."))
 def login_roles_have_password(obs: dict) -> Iterator[Finding]:
@@ -330,7 +330,7 @@ def login_roles_have_password(obs: dict) -> Iterator[Finding]:
 
 
 @register(_rule("PG-011", "Stored passwords are SCRAM-SHA-256 hashes", "medium",
-                ("SOC2:CC6.1", "ISO27001:A.5.17", "ISO27001:A.8.24"),
+                ("SOC2 CC6.1", "ISO27001 A.5.17", "ISO27001 A.8.24"),
                 "With password_encryption = scram-sha-256, set the role's password again (\\password ROLE) so it "
                 "is stored as a SCRAM verifier."))
 def passwords_are_scram(obs: dict) -> Iterator[Finding]:
@@ -351,7 +351,7 @@ def passwords_are_scram(obs: dict) -> Iterator[Finding]:
 
 
 @register(_rule("PG-012", "CREATE on the public schema is revoked from PUBLIC", "high",
-                ("SOC2:CC6.3", "SOC2:CC8.1", "ISO27001:A.5.15", "ISO27001:A.8.9"),
+                ("SOC2 CC6.3", "SOC2 CC8.1", "ISO27001 A.5.15", "ISO27001 A.8.9"),
                 "In each database: REVOKE CREATE ON SCHEMA public FROM PUBLIC; (the default since PostgreSQL 15; "
                 "databases created from an old template or dump may still grant it)."))
 def public_schema_create_revoked(obs: dict) -> Iterator[Finding]:

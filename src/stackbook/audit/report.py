@@ -54,7 +54,7 @@ class AuditFailed(StackbookError):
 
 
 @register(Rule(id="AUDIT-001", title="Every audit area could be checked", severity="high",
-               controls=("SOC2:CC7.1", "ISO27001:A.5.35", "ISO27001:A.5.36"),
+               controls=("SOC2 CC7.1", "ISO27001 A.5.35", "ISO27001 A.5.36"),
                fix="Read the evidence: install the missing rule module, give the audit the access it needs "
                    "(database, manifests), or fix the error it names, then run the audit again.",
                area="audit"))

@@ -372,7 +372,7 @@ def _pass_evidence(what: str, result: ScanResult) -> str:
 
 
 @register(_rule("SEC-001", "No secret-looking literal in the repository's tracked files", "critical",
-                ("SOC2:CC6.1", "SOC2:CC8.1", "ISO27001:A.5.17", "ISO27001:A.8.4", "ISO27001:A.8.12"),
+                ("SOC2 CC6.1", "SOC2 CC8.1", "ISO27001 A.5.17", "ISO27001 A.8.4", "ISO27001 A.8.12"),
                 "Remove the literal, rotate the credential (it is in git history: treat it as leaked), and read it "
                 "from the environment or .env (git-ignored) declared as a runbook secret. Deliberately bad test "
                 "fixtures go in " + ALLOWLIST_FILE + "."))
@@ -390,7 +390,7 @@ def repository(ctx: dict) -> Iterator[Finding]:
 
 
 @register(_rule("SEC-002", "No secret in any executed notebook in the run store", "critical",
-                ("SOC2:CC6.1", "SOC2:CC7.2", "ISO27001:A.5.17", "ISO27001:A.8.12", "ISO27001:A.8.15"),
+                ("SOC2 CC6.1", "SOC2 CC7.2", "ISO27001 A.5.17", "ISO27001 A.8.12", "ISO27001 A.8.15"),
                 "Delete the executed notebook from the run store, rotate the credential, and declare the value as a "
                 "runbook secret (metadata secrets) so the runner scrubs it; never print credentials."))
 def run_store(ctx: dict) -> Iterator[Finding]:
@@ -411,8 +411,9 @@ def run_store(ctx: dict) -> Iterator[Finding]:
 
 
 def known_secrets(env: str) -> dict[str, str]:
-    """Values that are secrets for sure: the database password and every runbook-declared secret
-    this environment provides (process environment, ``.env.<env>``, ``.env``)."""
+    """Values that are secrets for sure: the database password and every secret a runbook declares
+    (``secrets`` and ``optional_secrets``) that this environment provides (process environment,
+    ``.env.<env>``, ``.env``)."""
     from stackbook import catalog, db, secrets
 
     known: dict[str, str] = {}
@@ -427,7 +428,8 @@ def known_secrets(env: str) -> dict[str, str]:
         try:
             from stackbook import notebooks
 
-            names.update(notebooks.load(path).metadata.get("secrets") or [])
+            meta = notebooks.load(path).metadata
+            names.update((meta.get("secrets") or []) + (meta.get("optional_secrets") or []))
         except Exception:
             continue
     for name in sorted(names):
