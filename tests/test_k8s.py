@@ -253,6 +253,8 @@ def test_renderer_matches_kustomize_on_every_transformer(tmp_path):
     overlay = write_kustomization(
         tmp_path / "overlay",
         {"resources": ["../base"], "namespace": "x", "commonLabels": {"env": "qa"},
+         "labels": [{"pairs": {"owner": "platform"}}, {"pairs": {"tier": "batch"}, "includeTemplates": True},
+                    {"pairs": {"cost": "c1"}, "includeSelectors": True}],
          "replicas": [{"name": "two", "count": 3}], "images": [{"name": "reg/app", "newTag": "2.1"}],
          "patches": [{"path": "p.yaml"}, {"path": "all.yaml", "target": {"kind": "Deployment"}}]},
         {"p.yaml": [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "one"},

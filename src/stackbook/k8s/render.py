@@ -13,7 +13,9 @@ kustomize would, for the subset stackbook uses::
                   first, as kustomize orders them), other lists are replaced, and a
                   ``null`` value removes the key
     namespace:    set on every namespaced resource
-    commonLabels: added to metadata, selectors and pod templates
+    labels:       ``- pairs: {...}`` added to metadata; with ``includeSelectors: true``
+                  to selectors and pod templates too (as ``commonLabels`` does),
+                  with ``includeTemplates: true`` to pod templates
     images:       ``{name, newName, newTag, digest}`` rewrites matching images
     replicas:     ``{name, count}`` for Deployments, StatefulSets, ReplicaSets
 
@@ -35,7 +37,7 @@ from stackbook.k8s import ManifestError, resource_id
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "generators", "patches", "patchesStrategicMerge",
-                      "namespace", "commonLabels", "images", "replicas"}
+                      "namespace", "commonLabels", "labels", "images", "replicas"}
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
                   "CustomResourceDefinition", "PriorityClass", "IngressClass", "RuntimeClass", "CSIDriver",
@@ -196,6 +198,24 @@ def _transform_images(manifests: list[dict], images: list[dict], where: Path) ->
                     c["image"] = f"{name}:{entry['newTag']}"
                 else:
                     c["image"] = name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+
+def _add_label_entries(manifests: list[dict], entries: list, where: Path) -> None:
+    """kustomize's ``labels`` field: pairs, with or without selectors and templates."""
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("pairs"), dict):
+            raise ManifestError(f"{where}: every labels entry needs pairs (got {entry!r})")
+        if entry.get("includeSelectors"):
+            _add_labels(manifests, entry["pairs"])
+            continue
+        pairs = {str(k): str(v) for k, v in entry["pairs"].items()}
+        for m in manifests:
+            _dig(m, ("metadata", "labels"), create=True).update(pairs)
+            kind = m.get("kind")
+            if entry.get("includeTemplates") and kind in POD_SPEC_PATHS and kind not in ("Pod", "PodTemplate"):
+                _dig(m, (*POD_SPEC_PATHS[kind][:-1], "metadata", "labels"), create=True).update(pairs)
+                if kind == "CronJob":
+                    _dig(m, ("spec", "jobTemplate", "metadata", "labels"), create=True).update(pairs)
 
 
 def _add_labels(manifests: list[dict], labels: dict) -> None:
@@ -394,6 +414,8 @@ def build(folder: Path | str, runbooks: list | None = None, _seen: tuple = ()) -
     manifests = _apply_patches(manifests, patches, folder, kfile)
     if k.get("commonLabels"):
         _add_labels(manifests, k["commonLabels"])
+    if k.get("labels"):
+        _add_label_entries(manifests, k["labels"], kfile)
     if k.get("namespace"):
         _set_namespace(manifests, str(k["namespace"]))
     if k.get("images"):
