@@ -552,6 +552,23 @@ def test_report_kubernetes_manifests_dir_good_and_bad():
     assert len(err.value.failing_ids) >= 5 and all(i.startswith("K8S-") for i in err.value.failing_ids)
 
 
+@needs_k8s
+def test_report_kubernetes_overlay_missing_or_broken(monkeypatch):
+    rep = audit_report.run("no-such-env", areas=["kubernetes"], write=False)
+    [f] = rep.findings
+    assert (f.id, f.status) == ("AUDIT-001", "skip") and "no Kubernetes overlay" in f.evidence
+
+    from stackbook.k8s import ManifestError, render
+
+    def broken(env, runbooks=None):
+        raise ManifestError("infra/k8s/overlays/dev/kustomization.yaml: unknown key 'resourcez'")
+
+    monkeypatch.setattr(render, "render", broken)
+    rep = audit_report.run("dev", areas=["kubernetes"], write=False)
+    [f] = rep.findings
+    assert (f.id, f.status) == ("AUDIT-001", "error") and "resourcez" in f.evidence and not rep.passed
+
+
 def test_report_area_error_becomes_a_finding(monkeypatch):
     def broken(env, opts):
         raise RuntimeError("catalogue unreadable")

@@ -116,7 +116,13 @@ def _rendered_manifests(env: str, k8s) -> tuple[list | None, str]:
     fn = getattr(render, "render", None) or getattr(render, "render_env", None)
     if fn is None:
         return None, "stackbook.k8s.render has no render(env) function: pass manifests_dir"
-    out = fn(env)
+    overlay = getattr(render, "overlay_dir", None)
+    if overlay is not None and not Path(overlay(env)).exists():
+        return None, f"no Kubernetes overlay for environment {env} ({overlay(env)}): nothing to check"
+    try:
+        out = fn(env)
+    except Exception as exc:  # a broken overlay is a finding, not a crash of the whole audit
+        raise RuntimeError(f"rendering infra/k8s for {env} failed: {exc}") from exc
     if isinstance(out, (str, Path)):
         return k8s.load_manifests(Path(out)), str(out)
     if isinstance(out, dict) and "manifests" in out:
