@@ -140,6 +140,18 @@ def _expand(spec: PipelineSpec, env_values: dict[str, Any], sources: dict[str, P
     return out
 
 
+def expand_params(spec: PipelineSpec, profile: str | None = None) -> dict[str, dict[str, Any]]:
+    """Each task's parameters with placeholders expanded (for schedulers); runbooks need not exist yet."""
+    import_ploomber()
+    sources = {}
+    for t in spec.tasks:
+        try:
+            sources[t.name] = spec.resolve_source(t.source)
+        except StackbookError:
+            sources[t.name] = spec.folder / f"{Path(t.source).stem}.ipynb"  # only its extension matters here
+    return {d["name"]: dict(d.get("params") or {}) for d in _expand(spec, spec.env_values(profile), sources)}
+
+
 def _product_paths(spec: PipelineSpec, task: str, product: Any, base: Path) -> dict[str, Path]:
     if isinstance(product, (str, Path)):
         product = {"nb": product}
