@@ -1,0 +1,235 @@
+"""Column types: inference from a sample, spec files, and per-value checks.
+
+Six logical types, narrowest first: ``boolean``, ``integer``, ``numeric``,
+``date``, ``timestamp`` (``timestamptz`` when a sampled value carries a UTC
+offset) and ``text``. A column gets the narrowest type every non-empty sampled
+value fits; an all-empty column is ``text``. Integers with a leading zero
+(``007``, zip codes, account numbers) stay ``text`` so the zeros survive.
+
+``fits(pg_type)`` returns a fast, conservative check for one value (``None``
+for a type it does not know: PostgreSQL itself is then the judge). The loader
+quarantines a value the check rejects, so the checks follow PostgreSQL 15's
+input syntax for the common formats.
+
+A spec (a dict or a YAML/JSON file) overrides inference::
+
+    tables:
+      raw_orders:
+        columns: {id: text, ordered_at: timestamp, subtotal: integer}
+
+(``{raw_orders: {id: text, ...}}`` is accepted too). A type is a logical name
+above or any PostgreSQL type (``uuid``, ``varchar(20)``, ``int4``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from stackbook.errors import UsageError
+
+LOGICAL_TYPES = ("boolean", "integer", "numeric", "date", "timestamp", "timestamptz", "text")
+
+#: logical type -> PostgreSQL column type used when a table is created
+PG_TYPES = {
+    "boolean": "boolean",
+    "integer": "bigint",
+    "numeric": "numeric",
+    "date": "date",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+    "text": "text",
+}
+
+SAMPLE_ROWS = 1000
+
+_INT = re.compile(r"\s*[+-]?\d+\s*\Z")
+_NUM = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z")
+_NUM_SPECIAL = {"nan", "infinity", "+infinity", "-infinity", "inf", "+inf", "-inf"}
+_DATE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})\s*\Z")
+_TS = re.compile(
+    r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6})\d*)?)?)?"
+    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?\s*\Z"
+)
+_TS_SPECIAL = {"infinity", "-infinity", "+infinity", "epoch"}
+_BOOL_TRUE = ("true", "yes", "on", "1")
+_BOOL_FALSE = ("false", "no", "off", "0")
+
+
+class SpecError(UsageError):
+    """A spec file or dict that cannot be used: the message names the file and the entry."""
+
+
+def _is_bool(v: str) -> bool:
+    s = v.strip().lower()
+    if not s:
+        return False
+    if s in ("o",):  # ambiguous between on and off, as in PostgreSQL
+        return False
+    return any(word.startswith(s) for word in _BOOL_TRUE + _BOOL_FALSE)
+
+
+def _is_sample_bool(v: str) -> bool:
+    """Booleans for inference: whole words only (``1``/``0`` are integers, ``t``/``f`` allowed)."""
+    return v.strip().lower() in {"true", "false", "t", "f", "yes", "no"}
+
+
+def _int_range(bits: int) -> Callable[[str], bool]:
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def check(v: str) -> bool:
+        return bool(_INT.match(v)) and lo <= int(v) <= hi
+
+    return check
+
+
+def _is_numeric(v: str) -> bool:
+    return bool(_NUM.match(v)) or v.strip().lower() in _NUM_SPECIAL
+
+
+def _is_date(v: str) -> bool:
+    m = _DATE.match(v)
+    if not m:
+        return v.strip().lower() in _TS_SPECIAL
+    try:
+        _dt.date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return False
+    return True
+
+
+def _ts_match(v: str):
+    m = _TS.match(v)
+    if not m:
+        return None
+    try:
+        _dt.datetime(int(m[1]), int(m[2]), int(m[3]), int(m[4] or 0), int(m[5] or 0), int(m[6] or 0))
+    except ValueError:
+        return None
+    return m
+
+
+def _is_timestamp(v: str) -> bool:
+    return _ts_match(v) is not None or v.strip().lower() in _TS_SPECIAL
+
+
+_CHECKS: dict[str, Callable[[str], bool]] = {
+    "boolean": _is_bool,
+    "bool": _is_bool,
+    "integer": _int_range(64),
+    "bigint": _int_range(64),
+    "int8": _int_range(64),
+    "int": _int_range(32),
+    "int4": _int_range(32),
+    "smallint": _int_range(16),
+    "int2": _int_range(16),
+    "numeric": _is_numeric,
+    "decimal": _is_numeric,
+    "double precision": _is_numeric,
+    "float8": _is_numeric,
+    "real": _is_numeric,
+    "float4": _is_numeric,
+    "date": _is_date,
+    "timestamp": _is_timestamp,
+    "timestamp without time zone": _is_timestamp,
+    "timestamptz": _is_timestamp,
+    "timestamp with time zone": _is_timestamp,
+    "text": lambda v: True,
+    "character varying": lambda v: True,
+    "varchar": lambda v: True,
+}
+
+
+def fits(pg_type: str) -> Callable[[str], bool] | None:
+    """A check for one non-empty value of ``pg_type``, or None when PostgreSQL must judge."""
+    key = pg_type.strip().lower()
+    if key in _CHECKS:
+        return _CHECKS[key]
+    if key.startswith("numeric(") or key.startswith("decimal("):
+        return _is_numeric
+    return None
+
+
+def logical_to_pg(type_name: str) -> str:
+    """The column type to create for a logical or PostgreSQL type name."""
+    t = type_name.strip()
+    return PG_TYPES.get(t.lower(), t)
+
+
+def classify(value: str) -> str:
+    """The narrowest logical type of one non-empty value."""
+    v = value.strip()
+    if _is_sample_bool(v):
+        return "boolean"
+    if _INT.match(v):
+        if len(v.lstrip("+-")) > 1 and v.lstrip("+-").startswith("0"):
+            return "text"
+        return "integer" if _int_range(64)(v) else "numeric"
+    if _NUM.match(v):
+        return "numeric"
+    if _DATE.match(v):
+        return "date" if _is_date(v) else "text"
+    m = _ts_match(v)
+    if m:
+        return "timestamptz" if m[8] else "timestamp"
+    return "text"
+
+
+def _widen(a: str | None, b: str) -> str:
+    """The narrowest type holding values of types a and b."""
+    if a is None or a == b:
+        return b
+    pair = {a, b}
+    if pair <= {"integer", "numeric"}:
+        return "numeric"
+    if pair <= {"date", "timestamp", "timestamptz"}:
+        return "timestamptz" if "timestamptz" in pair else "timestamp"
+    return "text"
+
+
+def infer_types(columns: list[str], rows: Iterable[list[str]]) -> dict[str, str]:
+    """Logical type per column from sample rows (rows of the wrong length are ignored)."""
+    found: list[str | None] = [None] * len(columns)
+    for row in rows:
+        if len(row) != len(columns):
+            continue
+        for i, value in enumerate(row):
+            if found[i] == "text" or value == "" or value.strip() == "":
+                continue
+            found[i] = _widen(found[i], classify(value))
+    return {c: (t or "text") for c, t in zip(columns, found)}
+
+
+def load_spec(spec: str | Path | Mapping | None) -> dict[str, dict[str, str]]:
+    """A spec as ``{table: {column: type}}``; ``None`` or ``""`` gives ``{}``."""
+    if spec is None or spec == "" or spec == {}:
+        return {}
+    where = "spec"
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        where = str(path)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist: pass the path of a YAML or JSON file, or no spec")
+        import yaml
+
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"spec file {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"{where}: expected a mapping of table -> columns, got {type(spec).__name__}")
+    tables = spec.get("tables", spec) if "tables" in spec else spec
+    out: dict[str, dict[str, str]] = {}
+    for table, body in tables.items():
+        cols = body.get("columns", body) if isinstance(body, Mapping) else None
+        if not isinstance(cols, Mapping) or not cols:
+            raise SpecError(f"{where}: table {table!r} needs a mapping of column -> type "
+                            f"(e.g. {{id: integer, name: text}})")
+        for col, typ in cols.items():
+            if not isinstance(typ, str) or not typ.strip() or ";" in typ:
+                raise SpecError(f"{where}: column {table}.{col} has type {typ!r}; use one of "
+                                f"{', '.join(LOGICAL_TYPES)} or a PostgreSQL type name")
+        out[str(table)] = {str(c): str(t) for c, t in cols.items()}
+    return out
