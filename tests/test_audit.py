@@ -414,6 +414,7 @@ def test_ops001_ops002_freshness_from_ledger_rows(db, scratch_env):
     add_run(db, scratch_env, "stale", "succeeded", 5)
     add_run(db, scratch_env, "failing", "failed", 0.2, reason="cell 3 raised")
     add_run(db, scratch_env, "adhoc", "failed", 100)
+    add_run(db, scratch_env, "never", "skipped", 0.1)  # a pipeline skipped it: it did not run
     add_run(db, "dev-other-" + scratch_env, "never", "succeeded", 0.1)  # another environment does not count
     try:
         findings = operations.check_all(operations.context(scratch_env, db, runbooks=RUNBOOKS),

@@ -223,6 +223,7 @@ select runbook,
        (array_agg(results order by started_at desc) filter (where status <> 'running'))[1] as last_results
   from stackbook.runs
  where env = %s and runbook = any(%s)
+   and status not in ('skipped', 'upstream_failed')  -- rows of runs that never started
  group by runbook
 """
 
