@@ -1,0 +1,30 @@
+"""The book: runbooks published with the evidence of their latest runs.
+
+``stackbook book -e ENV`` generates a Jupyter Book source tree under
+``.stackbook/book/<env>/src`` (git-ignored) from the hand-written chapters in
+``book/``, the root ``_config.yml`` and ``_toc.yml``, the runbooks and the run
+ledger, then builds it with Jupyter Book 1.x into ``_build/html``.
+
+Modules, one concern each:
+
+- ``toc``: the root ``_toc.yml`` (read, add a runbook, the effective toc of a build)
+- ``evidence``: runs from the ledger and freshness of each runbook
+- ``charts``: static SVG charts of the run history (matplotlib, no JavaScript)
+- ``pages``: the text of every generated page
+- ``generate``: writes the source tree, each file only when its content changed
+- ``build``: runs ``jupyter-book build`` (offline, warnings as errors)
+- ``new``: ``stackbook new AREA/NAME``
+- ``cli``: the ``book`` and ``new`` commands
+"""
+
+from __future__ import annotations
+
+from stackbook.errors import StackbookError, UsageError
+
+
+class BookError(StackbookError):
+    """The book could not be generated or built (exit 1)."""
+
+
+class BookUsageError(UsageError):
+    """Bad input to ``stackbook book`` or ``stackbook new`` (exit 2); nothing was written."""

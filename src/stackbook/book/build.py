@@ -1,0 +1,91 @@
+"""Build the generated source tree with Jupyter Book 1.x: offline, nothing executed, warnings as errors.
+
+``jupyter-book build`` runs in a subprocess (a fresh Sphinx per build: no
+registry state shared between builds in one process) with ``-W -n`` (warnings
+and broken references are errors) and without ``--keep-going``. Output goes to
+``<out>/_build/html``. Sphinx's incremental build rereads only the sources whose
+mtime changed; ``generate`` writes only the files whose content changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stackbook.book import BookError
+
+TELEMETRY_OFF = {
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    "DO_NOT_TRACK": "1",
+    "PLOOMBER_STATS_ENABLED": "false",
+    "PLOOMBER_VERSION_CHECK_DISABLED": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UPDATED = re.compile(r"updating environment: (?:\[[^\]]*\] )?(\d+) added, (\d+) changed, (\d+) removed")
+_ITEM = re.compile(r"^(reading sources|writing output)\.\.\. \[\s*\d+%\] (\S+)")
+
+
+@dataclass
+class BuildResult:
+    html: Path
+    seconds: float
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    read: list[str] = field(default_factory=list)  # docnames Sphinx read again
+    wrote: list[str] = field(default_factory=list)  # docnames Sphinx wrote
+    log: str = ""
+
+
+def jupyter_book() -> list[str]:
+    """The ``jupyter-book`` command of this environment (through ``stackbook.book._jb``: faster start)."""
+    import importlib.util
+
+    if importlib.util.find_spec("jupyter_book") is None:
+        raise BookError("jupyter-book is not installed in this environment: run `make setup` "
+                        "(it installs the locked jupyter-book 1.x)")
+    return [sys.executable, "-m", "stackbook.book._jb"]
+
+
+def parse_log(text: str, result: BuildResult) -> None:
+    for line in re.split(r"[\r\n]+", text):
+        line = line.strip()
+        m = _UPDATED.search(line)
+        if m:
+            result.added, result.changed, result.removed = map(int, m.groups())
+        m = _ITEM.match(line)
+        if m:
+            (result.read if m.group(1) == "reading sources" else result.wrote).append(m.group(2))
+
+
+def build(src: Path, out: Path, *, strict: bool = True, fresh: bool = False, timeout: float = 900) -> BuildResult:
+    """``jupyter-book build SRC --path-output OUT``; raises BookError with Sphinx's warnings when it fails."""
+    cmd = [*jupyter_book(), "build", str(src), "--path-output", str(out), "--builder", "html", "-v"]
+    if strict:
+        cmd += ["-W", "-n"]
+    if fresh:
+        cmd.append("--all")
+    env = {**os.environ, **TELEMETRY_OFF, "PYTHONWARNINGS": "ignore", "NO_COLOR": "1"}
+    env.pop("PYTHONSTARTUP", None)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(src))
+    except subprocess.TimeoutExpired as exc:
+        raise BookError(f"the book build took longer than {timeout:.0f} s and was stopped") from exc
+    result = BuildResult(html=out / "_build" / "html", seconds=time.monotonic() - t0,
+                         log=proc.stdout + proc.stderr)
+    result.log = _ANSI.sub("", result.log)
+    parse_log(result.log, result)
+    if proc.returncode != 0 or not (result.html / "index.html").exists():
+        lines = [_ANSI.sub("", ln).strip() for ln in result.log.splitlines()]
+        problems = [ln for i, ln in enumerate(lines)
+                    if ("WARNING:" in ln or "ERROR:" in ln or (i and "treated as error" in lines[i - 1]))]
+        detail = "\n  ".join(problems[-15:]) or "\n  ".join(lines[-30:])
+        raise BookError(f"the book build failed (warnings are errors; source tree {src}):\n  {detail}")
+    return result

@@ -1,0 +1,98 @@
+"""``stackbook book`` and ``stackbook new``: thin click commands over ``stackbook.book``.
+
+Errors are ``StackbookError`` subclasses; ``stackbook.cli.handle_errors`` turns
+them into exit codes and messages.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from stackbook.cli import _emit_json, handle_errors
+
+
+@click.command()
+@click.option("-e", "--env", default="dev", show_default=True, help="Environment whose runs the book shows.")
+@click.option("--open", "open_", is_flag=True, help="Open the built book in a web browser.")
+@click.option("--all", "fresh", is_flag=True, help="Rebuild every page (default: only pages whose source changed).")
+@click.option("--fix-toc", is_flag=True, help="Add runbooks missing from _toc.yml to it, then build.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder that receives _build/ (default: the project root).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was generated and built as JSON.")
+@handle_errors
+def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, as_json: bool) -> None:
+    """Build the Jupyter Book into _build/html: every runbook with the evidence of its latest run in ENV.
+
+    Offline, nothing executed, warnings as errors. Generated pages go to
+    .stackbook/book/src; only files whose content changed are rewritten, so a
+    rebuild redoes only what changed.
+    """
+    from stackbook import catalog, environments, project
+    from stackbook.book import build as build_mod
+    from stackbook.book import generate as gen
+    from stackbook.book import toc
+
+    environments.load(env)  # an unknown environment fails here, exit 2
+    if fix_toc:
+        data = toc.load()
+        added = [e for e in toc.missing(data, catalog.paths()) if toc.add(data, e)]
+        if added:
+            toc.save(data)
+            click.echo(f"stackbook: added to _toc.yml: {', '.join(added)}", err=True)
+    generated = gen.generate(env, gen.default_src())
+    for entry in generated.toc_missing:
+        click.echo(f"stackbook: warning: {entry} is not in _toc.yml (built anyway; `stackbook book --fix-toc` adds it)",
+                   err=True)
+    for entry in generated.toc_stale:
+        click.echo(f"stackbook: warning: _toc.yml lists {entry}, which is not a runbook (left out of the book)", err=True)
+    result = build_mod.build(generated.src, Path(out) if out else project.root(), fresh=fresh)
+    index = result.html / "index.html"
+    doc = {
+        "env": env, "html": str(result.html), "index": str(index), "seconds": round(result.seconds, 2),
+        "runbooks": generated.runbooks, "files_written": generated.written, "files_removed": generated.removed,
+        "files_unchanged": generated.unchanged, "pages_read": result.read, "pages_written": result.wrote,
+        "toc_missing": generated.toc_missing, "toc_stale": generated.toc_stale,
+    }
+    if as_json:
+        _emit_json(doc)
+    else:
+        click.echo(f"book built for {env} in {result.seconds:.1f} s: {index}")
+        click.echo(f"  {len(generated.runbooks)} runbooks; {len(generated.written)} generated files changed, "
+                   f"{len(result.read)} pages re-read")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(index.as_uri())
+
+
+@click.command()
+@click.argument("spec", metavar="AREA/NAME")
+@click.option("--owner", default="platform", show_default=True, help="Who answers for the runbook.")
+@click.option("--title", default=None, help="Title (default: from NAME).")
+@click.option("--description", default=None, help="One line on what it does (shown by `stackbook list` and the book).")
+@click.option("--json", "as_json", is_flag=True, help="Print the path and toc entry as JSON.")
+@handle_errors
+def new(spec: str, owner: str, title: str | None, description: str | None, as_json: bool) -> None:
+    """Scaffold runbooks/AREA/NAME.ipynb, a runbook that passes the runbook contract, and list it in _toc.yml.
+
+    Never overwrites. Then: edit it in JupyterLab (`stackbook lab`), run it with
+    `stackbook run NAME`, and see it in the book with `stackbook book`.
+    """
+    from stackbook.book import new as new_mod
+    from stackbook.book import toc
+
+    path, toc_changed = new_mod.create(spec, owner=owner, title=title, description=description)
+    entry = toc.runbook_entry(path)
+    if as_json:
+        _emit_json({"path": str(path), "name": path.stem, "toc_entry": entry, "toc_changed": toc_changed})
+        return
+    click.echo(f"created {path}")
+    click.echo(f"  listed in _toc.yml as {entry}" if toc_changed else f"  {entry} was listed in _toc.yml already")
+    click.echo(f"  next: stackbook lab, edit it, then stackbook run {path.stem}")
+
+
+__all__ = ["book", "new"]
