@@ -489,3 +489,11 @@ def test_provision_cluster_dry_run_in_staging_plans_and_says_why(cli, tmp_path):
     assert len(list(out.glob("*.yaml"))) == results["manifests_rendered"]
     executed = Path(record["output"]).read_text()
     assert "context 'staging' is not configured here" in executed
+
+
+def test_summary_counts_findings_per_rule():
+    manifests = k8s_rules.load_manifests(FIXTURES / "bad" / "K8S-009.yaml")
+    rows = {r["id"]: r for r in k8s_rules.summary(k8s_rules.check_all(manifests))}
+    assert list(rows) == K8S_RULES
+    assert rows["K8S-009"]["fail"] == 2 and rows["K8S-009"]["pass"] == 0
+    assert rows["K8S-001"] == {**rows["K8S-001"], "pass": 2, "fail": 0, "error": 0}

@@ -63,6 +63,16 @@ def check_all(manifests: list[dict]) -> list[Finding]:
     return out
 
 
+def summary(findings: Iterable[Finding]) -> list[dict]:
+    """One row per rule: id, title, severity and how many workloads passed, failed or errored."""
+    rows: dict[str, dict] = {}
+    for f in findings:
+        row = rows.setdefault(f.id, {"id": f.id, "title": f.title, "severity": f.severity,
+                                     "pass": 0, "fail": 0, "error": 0, "skip": 0})
+        row[f.status] = row.get(f.status, 0) + 1
+    return [rows[k] for k in sorted(rows)]
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _sc(obj: dict) -> dict:
