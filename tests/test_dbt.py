@@ -7,7 +7,7 @@ copies of ``pipelines/dbt``. The committed project and the shared schemas are ne
 
 from __future__ import annotations
 
-import io
+import csv
 import json
 import shutil
 import uuid
@@ -65,20 +65,20 @@ def _drop_schemas(url: str, *names: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def warehouse(database_url):
-    """A raw schema with the tiny shop, a schema prefix, and a first successful build into it."""
+def warehouse(database_url, tmp_path_factory):
+    """The tiny shop loaded by the ingest loader into a scratch raw schema, and a first build from it."""
+    from stackbook.ingest import jaffle, load_folder
+
     tag = uuid.uuid4().hex[:8]
     raw, prefix = f"t_{tag}_raw", f"t_{tag}_"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'create schema "{raw}"')
-        for table, (columns, rows) in _raw_tables().items():
-            conn.execute(f'create table "{raw}".{table} ({", ".join(c + " text" for c in columns)})')
-            buf = io.StringIO()
-            for row in rows:
-                buf.write(",".join(f'"{v}"' for v in row) + "\n")
-            with conn.cursor().copy(f'copy "{raw}".{table} from stdin with (format csv)') as cp:
-                cp.write(buf.getvalue())
+    folder = tmp_path_factory.mktemp("jaffle")
+    for table, (columns, rows) in _raw_tables().items():
+        with open(folder / f"{table}.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows(rows)
     try:
+        load_folder(folder, schema=raw, keys={t: k for t, k in jaffle.KEYS.items() if t in _raw_tables()})
         result = dbt.build(schema_prefix=prefix, raw_schema=raw, check=False, keep=False)
         yield {"raw": raw, "prefix": prefix, "result": result, "url": database_url}
     finally:
@@ -114,6 +114,21 @@ def test_build_creates_staging_views_and_marts_in_prefixed_schemas(warehouse):
     assert views == {f"stg_jaffle_shop__{e}" for e in
                      ("customers", "orders", "order_items", "products", "locations", "supplies")}
     assert prospects == 2  # c10 and c11 never ordered
+
+
+def test_source_freshness_follows_the_loaders_manifest(warehouse):
+    fresh = dbt.freshness(schema_prefix=warehouse["prefix"], raw_schema=warehouse["raw"])
+    assert len(fresh) == 6 and set(fresh["status"]) == {"pass"}
+    with psycopg.connect(warehouse["url"], autocommit=True) as conn:
+        conn.execute(f"""update "{warehouse['raw']}"._stackbook_loads set finished_at = now() - interval '60 hours'
+                         where table_name = 'raw_orders'""")
+        conn.execute(f"""update "{warehouse['raw']}"._stackbook_loads set finished_at = now() - interval '30 hours'
+                         where table_name = 'raw_items'""")
+    stale = dbt.freshness(schema_prefix=warehouse["prefix"], raw_schema=warehouse["raw"]).set_index("source")
+    assert stale.loc["jaffle_shop.raw_orders", "status"] == "error"
+    assert stale.loc["jaffle_shop.raw_items", "status"] == "warn"
+    assert stale.loc["jaffle_shop.raw_customers", "status"] == "pass"
+    assert stale.loc["jaffle_shop.raw_orders", "age_hours"] >= 60
 
 
 def test_artifacts_are_kept_beside_the_run_notebook(warehouse, tmp_path, monkeypatch):
