@@ -188,7 +188,7 @@ def deployment(name: str, image: str = "app:1.0") -> dict:
 
 
 def test_renderer_transformers(tmp_path):
-    base = write_kustomization(tmp_path / "base", {"resources": ["app.yaml"], "commonLabels": {"team": "data"},
+    write_kustomization(tmp_path / "base", {"resources": ["app.yaml"], "commonLabels": {"team": "data"},
                                                    "images": [{"name": "app", "newName": "reg/app", "newTag": "2.0"}]},
                                {"app.yaml": [deployment("one"), deployment("two", "other:3"),
                                              {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}]})
