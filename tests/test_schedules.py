@@ -106,3 +106,38 @@ def test_airflow_files_compile_with_dependencies(tmp_path):
     assert edges == {("load_jaffle_shop", "build_warehouse"), ("build_warehouse", "train_customer_model"),
                      ("build_warehouse", "compliance_audit")}
     assert "'-p', 'years=1'" in source  # the pipeline's parameters, expanded from env.yaml
+
+
+def test_platform_image_installs_from_the_lock_and_runs_as_the_manifests_uid():
+    """infra/docker/Dockerfile, checked offline (no Docker engine here)."""
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M).group(1)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+    assert [ln for ln in lines if ln.startswith("FROM")] == ["FROM ${PYTHON_IMAGE} AS build", "FROM ${PYTHON_IMAGE}"]
+    runs = " ".join(ln for ln in lines if ln.startswith("RUN"))
+    assert "COPY requirements.lock ./" in lines
+    assert "uv pip sync --no-cache requirements.lock" in runs
+    assert "uv pip install --no-cache --no-deps ." in runs  # the project itself, nothing unlocked
+    installs = re.findall(r"pip install[^&]*", runs)
+    assert all("--no-deps" in i or '"uv==${UV_VERSION}"' in i for i in installs), installs
+    make_uv = re.search(r"uv==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)
+    assert f"ARG UV_VERSION={make_uv}" in lines
+    uid = int(re.search(r"^ARG STACKBOOK_UID=(\d+)$", text, re.M).group(1))
+    assert f"USER {uid}:{uid}" in lines and '--uid "${STACKBOOK_UID}"' in runs
+    assert uid != 0
+    assert re.search(r'^ENTRYPOINT \[.*"stackbook"\]$', text, re.M)
+
+    # every manifest stackbook generates runs as that UID
+    from stackbook import k8s_run
+    from stackbook.runner import RunOptions
+    from stackbook.schedules import airflow as airflow_mod
+    from stackbook.schedules import kubernetes as k8s_mod
+
+    pods = [cj["spec"]["jobTemplate"]["spec"]["template"]["spec"] for cj in k8s_mod.manifests("prod")]
+    pods.append(k8s_run.job_manifest("platform_check", RunOptions(env="prod"), run_store="s3://x/y")
+                ["spec"]["template"]["spec"])
+    assert {p["securityContext"]["runAsUser"] for p in pods} == {uid}
+    assert f"RUN_AS_USER = {uid}" in airflow_mod.TEMPLATE
+    images = {p["containers"][0]["image"] for p in pods}
+    assert images == {airflow_mod.DEFAULT_IMAGE}
