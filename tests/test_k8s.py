@@ -497,3 +497,10 @@ def test_summary_counts_findings_per_rule():
     assert list(rows) == K8S_RULES
     assert rows["K8S-009"]["fail"] == 2 and rows["K8S-009"]["pass"] == 0
     assert rows["K8S-001"] == {**rows["K8S-001"], "pass": 2, "fail": 0, "error": 0}
+
+
+def test_written_files_sort_in_apply_order_past_a_hundred(tmp_path):
+    manifests = [deployment(f"d{n}") for n in range(120)]
+    paths = render.write(manifests, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.yaml")) == [p.name for p in paths]
+    assert paths[0].name == "000-deployment-d0.yaml"

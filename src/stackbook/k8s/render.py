@@ -472,9 +472,10 @@ def write(manifests: list[dict], folder: Path | str) -> list[Path]:
     for old in folder.glob("*.yaml"):
         old.unlink()
     paths = []
+    width = max(2, len(str(len(manifests) - 1)))  # file names sort in apply order
     for n, m in enumerate(manifests):
         name = re.sub(r"[^a-z0-9.-]+", "-", m["metadata"]["name"].lower())
-        path = folder / f"{n:02d}-{m['kind'].lower()}-{name}.yaml"
+        path = folder / f"{n:0{width}d}-{m['kind'].lower()}-{name}.yaml"
         path.write_text(yaml.safe_dump(m, sort_keys=False, default_flow_style=False), encoding="utf-8")
         paths.append(path)
     return paths
