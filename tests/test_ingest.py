@@ -217,6 +217,12 @@ def test_over_the_threshold_the_file_loads_nothing_and_the_run_fails(tmp_path, d
     load_folder(tmp_path, schema=scratch_schema, max_bad_ratio=0.5, conn=db)
     assert table_counts(scratch_schema, ["extra_column", "latin1"], conn=db) == {"extra_column": 2, "latin1": 2}
     assert len(quarantined(db, scratch_schema)) == 3
+    # a worse version of a loaded file is rejected and the table keeps what it had
+    before = table_checksum(scratch_schema, "extra_column", conn=db)
+    write(tmp_path, "extra_column.csv", "id,name\n1,a\n2,b,EXTRA\n3\n4,d\n")
+    with pytest.raises(TooManyBadRows, match="extra_column.csv: 2 of 4 rows bad"):
+        load_folder(tmp_path, schema=scratch_schema, max_bad_ratio=0.1, conn=db)
+    assert table_checksum(scratch_schema, "extra_column", conn=db) == before
 
 
 def test_spec_types_and_postgres_judging_what_no_check_knows(tmp_path, db, scratch_schema):
@@ -232,6 +238,18 @@ def test_spec_types_and_postgres_judging_what_no_check_knows(tmp_path, db, scrat
     assert "on_day" in q[4]
     assert db.execute("select data_type from information_schema.columns where table_schema = %s "
                       "and table_name = 'things' and column_name = 'ref'", [scratch_schema]).fetchone() == ("uuid",)
+
+
+def test_postgres_rejections_are_traced_to_their_lines_in_a_larger_file(tmp_path, db, scratch_schema):
+    rows = [f"{i},00000000-0000-4000-8000-{i:012d}" for i in range(1, 20001)]
+    for bad in (50, 12345, 19999):
+        rows[bad - 1] = f"{bad},not-a-uuid-{bad}"
+    write(tmp_path, "refs.csv", "id,ref\n" + "\n".join(rows) + "\n")
+    report = load_folder(tmp_path, schema=scratch_schema, spec={"refs": {"ref": "uuid"}}, max_bad_ratio=0.01,
+                         conn=db)
+    assert report.rows_loaded == 19997 and report.table("refs")["method"] == "checked"
+    assert [(line, raw) for _, line, _, raw in quarantined(db, scratch_schema)] == [
+        (51, "50,not-a-uuid-50"), (12346, "12345,not-a-uuid-12345"), (20000, "19999,not-a-uuid-19999")]
 
 
 def test_declared_encoding_and_multiline_fields(tmp_path, db, scratch_schema):

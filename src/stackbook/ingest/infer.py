@@ -62,13 +62,13 @@ class SpecError(UsageError):
     """A spec file or dict that cannot be used: the message names the file and the entry."""
 
 
+#: every spelling PostgreSQL's boolean input takes (after trimming, case-insensitive): unique prefixes
+#: of true/yes/on/1 and false/no/off/0 ("o" is ambiguous between on and off)
+_BOOL_WORDS = frozenset(w[:n] for w in _BOOL_TRUE + _BOOL_FALSE for n in range(1, len(w) + 1)) - {"o"}
+
+
 def _is_bool(v: str) -> bool:
-    s = v.strip().lower()
-    if not s:
-        return False
-    if s in ("o",):  # ambiguous between on and off, as in PostgreSQL
-        return False
-    return any(word.startswith(s) for word in _BOOL_TRUE + _BOOL_FALSE)
+    return v.strip().lower() in _BOOL_WORDS
 
 
 def _is_sample_bool(v: str) -> bool:
@@ -79,7 +79,11 @@ def _is_sample_bool(v: str) -> bool:
 def _int_range(bits: int) -> Callable[[str], bool]:
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
+    short = len(str(hi)) - 1  # this many plain digits always fit
+
     def check(v: str) -> bool:
+        if len(v) <= short and v.isdigit() and v.isascii():
+            return True
         return bool(_INT.match(v)) and lo <= int(v) <= hi
 
     return check

@@ -24,8 +24,9 @@ One table per file, named after the file stem. Per file, in one transaction:
 
 **Bad rows and max_bad_ratio.** The bad share is counted per file
 (bad / (good + bad)). A file over ``max_bad_ratio`` loads nothing: its
-transaction is rolled back and the table keeps its previous content, but its
-bad rows are still quarantined so you can see why. Every other file is loaded
+transaction is rolled back and the table keeps its previous content (a table
+it would have created is not created), but its bad rows are still quarantined
+so you can see why. Every other file is loaded
 and committed, then the run raises :class:`TooManyBadRows` naming each
 rejected file with its ratio. A file under the threshold loads its good rows
 and quarantines the rest.
@@ -60,6 +61,8 @@ STAGE = "_stackbook_stage"
 SEQ = "_stackbook_seq"
 MAX_PG_REJECTS = 100  # PostgreSQL rejections the checks missed, per file, before giving up
 RAW_LINE_MAX = 65536
+WRITE_BATCH = 1 << 18  # characters of checked records sent to COPY at once
+SEEN_MAX = 4096  # values remembered per column as valid, to skip checking repeats
 
 #: PostgreSQL errors that mean "this data is bad", as opposed to "the database is unwell"
 DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.NotNullViolation)
@@ -386,18 +389,20 @@ def _copy(conn, path, enc, header, schema, table, columns, types, keys):
     except DATA_ERRORS:
         pass  # the savepoint is rolled back: read the file again, checking every record
     rejects: dict[int, str] = {}  # record start line -> PostgreSQL's reason, for records the checks let through
+    pending: tuple[int, str] | None = None  # (COPY stream line, reason) PostgreSQL rejected in the last pass
     for _ in range(MAX_PG_REJECTS + 1):
         spool = _Spool()
         try:
             with conn.transaction():
                 dest = _dest(conn, schema, table, keys)
-                copied, bad, sha = _copy_checked(conn, path, header, dest, columns, types, keys, enc, spool, rejects)
+                copied, bad, sha = _copy_checked(conn, path, header, dest, columns, types, keys, enc, spool,
+                                                 rejects, pending)
             return copied, bad, spool, sha, "checked"
         except _PgRejected as exc:
             spool.close()
-            rejects[exc.line] = exc.reason
+            pending = (exc.stream_line, exc.reason)
     raise FileError(f"{path.name}: PostgreSQL rejected more than {MAX_PG_REJECTS} rows the type checks let through; "
-                    f"declare the column types in a spec (last: line {max(rejects)}: {rejects[max(rejects)]})")
+                    f"declare the column types in a spec (last: {pending[1] if pending else '?'})")
 
 
 def _copy_fast(conn, path: Path, header, dest, columns, enc) -> tuple[int, str]:
@@ -412,9 +417,9 @@ def _copy_fast(conn, path: Path, header, dest, columns, enc) -> tuple[int, str]:
 
 
 class _PgRejected(Exception):
-    def __init__(self, line: int, reason: str):
+    def __init__(self, stream_line: int, reason: str):
         super().__init__(reason)
-        self.line, self.reason = line, reason
+        self.stream_line, self.reason = stream_line, reason
 
 
 def _hashing(fh, h) -> Iterator[bytes]:
@@ -427,42 +432,59 @@ _LINE_RE = re.compile(r"\bline (\d+)")
 
 
 def _copy_checked(conn, path, header, dest, columns, types, keys, enc, spool: "_Spool",
-                  rejects: dict[int, str]) -> tuple[int, int, str]:
+                  rejects: dict[int, str], pending: tuple[int, str] | None) -> tuple[int, int, str]:
+    """Stream the records that pass the checks to COPY; quarantine the others.
+
+    ``rejects``: file line -> reason of records PostgreSQL rejected in earlier passes; ``pending``: the COPY
+    stream line PostgreSQL rejected in the previous pass. Passes number the stream identically up to the first
+    rejected record, so the record covering ``pending`` is the one PostgreSQL refused.
+    """
     ncols = len(columns)
     keyset = set(keys or ())
     checks = [(i, c, infer.fits(types[c]), c in keyset, types[c]) for i, c in enumerate(columns)]
     checks = [x for x in checks if x[2] is not None or x[3]]
+    seen: list[set] = [set() for _ in checks]  # values known to pass, per check (bounded)
     h = hashlib.sha256()
     good = bad = 0
     stream_line = 0  # lines sent to COPY so far (PostgreSQL numbers the COPY stream's lines from 1)
-    where: list[tuple[int, int, int]] = []  # (first stream line, last stream line, file line) of recent records
     with open(path, "rb") as fh, conn.cursor() as cur:
         h.update(fh.read(header.end))
         try:
             with cur.copy(_copy_stmt(dest, columns, "UTF8")) as cp:
+                batch: list[str] = []
+                batch_len = 0
                 for rec in csvfile.records(_hashing(fh, h), enc, header.lines + 1):
                     reason = rec.error or rejects.get(rec.line)
                     if reason is None:
-                        reason = _check(rec.text, ncols, columns, checks)
+                        reason = _check(rec.text, ncols, checks, seen)
+                    if reason is None:
+                        text = rec.text.rstrip("\r\n") + "\n"
+                        n = text.count("\n")
+                        if pending and stream_line < pending[0] <= stream_line + n:
+                            reason = rejects[rec.line] = pending[1]
+                            pending = None
                     if reason:
                         bad += 1
                         spool.add(rec.line, _shown(rec.raw, enc), reason)
                         continue
-                    text = rec.text.rstrip("\r\n") + "\n"
-                    n = text.count("\n")
-                    where.append((stream_line + 1, stream_line + n, rec.line))
-                    if len(where) > 4096:
-                        del where[:2048]
                     stream_line += n
                     good += 1
-                    cp.write(text.encode("utf-8"))
+                    batch.append(text)
+                    batch_len += len(text)
+                    if batch_len >= WRITE_BATCH:
+                        cp.write("".join(batch).encode("utf-8"))
+                        batch, batch_len = [], 0
+                if batch:
+                    cp.write("".join(batch).encode("utf-8"))
+                if pending:
+                    raise FileError(f"{path.name}: PostgreSQL rejected line {pending[0]} of the data sent, which "
+                                    f"could not be traced to a record ({pending[1]})")
         except DATA_ERRORS as exc:
             line = _error_line(exc)
-            for first, last, file_line in reversed(where):
-                if line is not None and first <= line <= last:
-                    raise _PgRejected(file_line, f"rejected by PostgreSQL: {exc.diag.message_primary}") from None
-            raise FileError(f"{path.name}: PostgreSQL rejected the data and the line could not be traced "
-                            f"({exc.diag.message_primary}; {exc.diag.context})") from None
+            if line is None:
+                raise FileError(f"{path.name}: PostgreSQL rejected the data and the line could not be traced "
+                                f"({exc.diag.message_primary}; {exc.diag.context})") from None
+            raise _PgRejected(line, f"rejected by PostgreSQL: {exc.diag.message_primary}") from None
         return good, bad, h.hexdigest()
 
 
@@ -471,8 +493,8 @@ def _error_line(exc) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _check(text: str, ncols: int, columns, checks) -> str | None:
-    """Why a decoded record is bad, or None."""
+def _check(text: str, ncols: int, checks, seen: list[set]) -> str | None:
+    """Why a decoded record is bad, or None. ``seen`` caches values that passed (up to SEEN_MAX per column)."""
     if "\x00" in text:
         return "NUL byte in the line (PostgreSQL text cannot hold it)"
     try:
@@ -481,15 +503,22 @@ def _check(text: str, ncols: int, columns, checks) -> str | None:
         return f"unreadable CSV: {exc}"
     if len(fields) != ncols:
         return f"expected {ncols} columns, found {len(fields)}"
-    for i, name, fits, is_key, pg_type in checks:
+    for n, (i, name, fits, is_key, pg_type) in enumerate(checks):
         v = fields[i]
         if v == "":
             if is_key:
                 return f"key column {name} is empty"
             continue
-        if fits is not None and not fits(v):
+        if fits is None:
+            continue
+        ok = seen[n]
+        if v in ok:
+            continue
+        if not fits(v):
             shown = v if len(v) <= 60 else v[:57] + "..."
             return f"column {name}: {shown!r} is not a valid {pg_type}"
+        if len(ok) < SEEN_MAX:
+            ok.add(v)
     return None
 
 
