@@ -123,7 +123,7 @@ def test_cronjobs_come_from_the_schedule_metadata(rendered):
     job = cron["spec"]["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] == 900
     runner = job["template"]["spec"]["containers"][0]
-    assert runner["command"] == ["stackbook"]
+    assert "command" not in runner  # the image's entrypoint: tini -- stackbook
     assert runner["args"] == ["run", "load_jaffle_shop", "-e", "$(STACKBOOK_ENV)"]
     env = {e["name"]: e for e in runner["env"]}
     assert env["JAFFLE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "stackbook-secrets", "key": "JAFFLE_API_KEY"}
