@@ -1,16 +1,48 @@
 """``python -m stackbook.book._jb build ...``: the ``jupyter-book`` command, started faster.
 
-jsonschema imports its optional ``rfc3987_syntax`` module when nbformat loads
-it, which compiles some forty lark grammars (several seconds on a busy
-machine); nothing in the book validates IRI formats, so it is skipped, as the
-runner does.
+Two imports are skipped, because the book never needs them and they cost
+seconds on every build (most of a rebuild after one runbook changed):
+
+- jsonschema's optional ``rfc3987_syntax`` (compiles some forty lark grammars
+  when nbformat loads jsonschema; nothing here validates IRI formats; the
+  runner skips it too);
+- ``jupyter_cache`` (SQLAlchemy), which MyST-NB imports for executing
+  notebooks. The book never executes a notebook (``execute_notebooks: off`` is
+  enforced by ``stackbook.book.generate``), so a placeholder stands in for it
+  and fails loudly if anything ever tries to execute.
 """
 
 import sys
+import types
 
 sys.modules.setdefault("rfc3987_syntax", None)
 
-from jupyter_book.cli.main import main  # noqa: E402
+
+class _NoExecution(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError(
+                f"jupyter_cache.{name}: the stackbook book never executes notebooks (execute_notebooks: off); "
+                "run runbooks with `stackbook run`")
+
+        return refuse
+
+
+def _placeholders() -> None:
+    for name in ("jupyter_cache", "jupyter_cache.base", "jupyter_cache.cache", "jupyter_cache.cache.db",
+                 "jupyter_cache.executors", "jupyter_cache.executors.utils"):
+        if name not in sys.modules:
+            module = _NoExecution(name)
+            module.__path__ = []  # a package, so that submodules resolve to the placeholders above
+            module.__version__ = "not loaded (execution is off)"
+            sys.modules[name] = module
+
 
 if __name__ == "__main__":
+    _placeholders()
+    from jupyter_book.cli.main import main
+
     sys.exit(main())

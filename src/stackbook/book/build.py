@@ -64,8 +64,21 @@ def parse_log(text: str, result: BuildResult) -> None:
             (result.read if m.group(1) == "reading sources" else result.wrote).append(m.group(2))
 
 
-def build(src: Path, out: Path, *, strict: bool = True, fresh: bool = False, timeout: float = 900) -> BuildResult:
-    """``jupyter-book build SRC --path-output OUT``; raises BookError with Sphinx's warnings when it fails."""
+STAMP = ".stackbook-source"  # in <out>/_build: the source tree the html was last built from
+
+
+def build(src: Path, out: Path, *, strict: bool = True, fresh: bool = False, changed: bool = True,
+          timeout: float = 900) -> BuildResult:
+    """``jupyter-book build SRC --path-output OUT``; raises BookError with Sphinx's warnings when it fails.
+
+    With ``changed=False`` (the generator rewrote nothing) and html built from ``src`` already, Sphinx is
+    not started at all.
+    """
+    stamp = out / "_build" / STAMP
+    html = out / "_build" / "html"
+    if not changed and not fresh and (html / "index.html").exists() and stamp.exists() \
+            and stamp.read_text(encoding="utf-8") == str(src.resolve()):
+        return BuildResult(html=html, seconds=0.0)
     cmd = [*jupyter_book(), "build", str(src), "--path-output", str(out), "--builder", "html", "-v"]
     if strict:
         cmd += ["-W", "-n"]
@@ -87,5 +100,7 @@ def build(src: Path, out: Path, *, strict: bool = True, fresh: bool = False, tim
         problems = [ln for i, ln in enumerate(lines)
                     if ("WARNING:" in ln or "ERROR:" in ln or (i and "treated as error" in lines[i - 1]))]
         detail = "\n  ".join(problems[-15:]) or "\n  ".join(lines[-30:])
+        stamp.unlink(missing_ok=True)
         raise BookError(f"the book build failed (warnings are errors; source tree {src}):\n  {detail}")
+    stamp.write_text(str(src.resolve()), encoding="utf-8")
     return result

@@ -22,9 +22,14 @@ from stackbook.cli import _emit_json, handle_errors
 @click.option("--fix-toc", is_flag=True, help="Add runbooks missing from _toc.yml to it, then build.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder that receives _build/ (default: the project root).")
+@click.option("--src", type=click.Path(file_okay=False), default=None,
+              help="Folder for the generated source tree (default: .stackbook/book/src).")
+@click.option("--runbook", "runbooks", multiple=True, metavar="NAME|PATH",
+              help="Build only these runbooks (names, or paths to any .ipynb); repeatable. Default: all of runbooks/.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was generated and built as JSON.")
 @handle_errors
-def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, as_json: bool) -> None:
+def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src: str | None,
+         runbooks: tuple[str, ...], as_json: bool) -> None:
     """Build the Jupyter Book into _build/html: every runbook with the evidence of its latest run in ENV.
 
     Offline, nothing executed, warnings as errors. Generated pages go to
@@ -43,13 +48,15 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, as_
         if added:
             toc.save(data)
             click.echo(f"stackbook: added to _toc.yml: {', '.join(added)}", err=True)
-    generated = gen.generate(env, gen.default_src())
+    paths = [catalog.find(name) for name in runbooks] if runbooks else None
+    generated = gen.generate(env, Path(src).resolve() if src else gen.default_src(), runbook_paths=paths)
     for entry in generated.toc_missing:
         click.echo(f"stackbook: warning: {entry} is not in _toc.yml (built anyway; `stackbook book --fix-toc` adds it)",
                    err=True)
     for entry in generated.toc_stale:
         click.echo(f"stackbook: warning: _toc.yml lists {entry}, which is not a runbook (left out of the book)", err=True)
-    result = build_mod.build(generated.src, Path(out) if out else project.root(), fresh=fresh)
+    result = build_mod.build(generated.src, Path(out) if out else project.root(), fresh=fresh,
+                             changed=bool(generated.written or generated.removed))
     index = result.html / "index.html"
     doc = {
         "env": env, "html": str(result.html), "index": str(index), "seconds": round(result.seconds, 2),

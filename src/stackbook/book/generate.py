@@ -116,6 +116,23 @@ class _Writer:
         os.replace(tmp, path)
         self.result.written.append(rel)
 
+    def keep(self, rel: str) -> None:
+        """A file that stays as it is."""
+        self.seen.add(rel)
+        self.result.unchanged += 1
+
+    def chart(self, rel: str, data: Any, render) -> None:
+        """An SVG chart, rendered (matplotlib) only when its input differs from the one it was drawn from."""
+        import hashlib
+
+        key = hashlib.sha256(json.dumps(data, default=str, sort_keys=True).encode()).hexdigest()[:16]
+        stamp = f"<!-- stackbook-chart {key} -->\n"
+        path = self.src / rel
+        if path.exists() and path.read_text(encoding="utf-8", errors="replace").startswith(stamp):
+            self.keep(rel)
+            return
+        self.text(rel, stamp + render())
+
     def notebook(self, rel: str, nb: dict) -> None:
         self.text(rel, json.dumps(self.scrub.obj(nb), indent=1, ensure_ascii=False, sort_keys=True) + "\n")
 
@@ -151,10 +168,14 @@ def _scrubber(runbooks: list[notebooks.Runbook], env: str) -> secrets_mod.Scrubb
 
 def page_entry(rb: notebooks.Runbook, root: Path) -> str:
     """The docname of a runbook's chapter: ``runbooks/<area>/<name>`` (``runbooks/other/<name>`` outside runbooks/)."""
+    entry = None
     try:
-        return toc.runbook_entry(rb.path, root)
+        entry = toc.runbook_entry(rb.path, root)
     except ValueError:
-        return f"runbooks/{rb.area or 'other'}/{rb.name}"
+        pass
+    if entry and entry.startswith(toc.RUNBOOK_PREFIX):
+        return entry
+    return f"{toc.RUNBOOK_PREFIX}other/{rb.name}"
 
 
 def _config(root: Path) -> str:
@@ -186,7 +207,7 @@ def _read_executed(run: dict | None) -> dict | None:
 
 
 def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, conn=None,
-             now: datetime | None = None) -> Generated:
+             now: datetime | None = None, ledger: evidence.Ledger | None = None) -> Generated:
     """Write the source tree of the book for ``env`` into ``src``; returns what changed."""
     root = project.root()
     now = now or datetime.now(timezone.utc)
@@ -214,7 +235,9 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
         if path.is_file() and ".ipynb_checkpoints" not in path.parts:
             writer.bytes(path.relative_to(root).as_posix(), path.read_bytes())
 
-    if conn is None:
+    if ledger is not None:
+        pass  # read by the caller (benchmarks: the same evidence for every round)
+    elif conn is None:
         from stackbook import db
 
         with db.connect() as own:
@@ -230,10 +253,15 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
         if key not in copied:
             run = next((r for r in [*ledger.history, *ledger.chart_runs, *ledger.runs_of(runbook)]
                         if r["id"] == run_id), None)
-            nb = _read_executed(run)
-            rel = f"{RUNS_DIR}/{run_env}/{runbook}/{run_id}.ipynb" if nb is not None else None
-            if rel:
-                writer.notebook(rel, nb)
+            rel = f"{RUNS_DIR}/{run_env}/{runbook}/{run_id}.ipynb"
+            if run and run["status"] != "running" and (src / rel).exists():
+                writer.keep(rel)  # a finished run's notebook never changes: copied by an earlier generation
+            else:
+                nb = _read_executed(run)
+                if nb is None:
+                    rel = None
+                else:
+                    writer.notebook(rel, nb)
             copied[key] = rel
         return copied[key]
 
@@ -248,8 +276,9 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
     writer.text(REPORT_PAGES["overview"] + ".md", pages.overview(items, env, link))
     in_book = set(names)
     chart_runs = [r for r in ledger.chart_runs if r["runbook"] in in_book]
-    writer.text("reports/_charts/duration.svg", charts.duration_over_time(chart_runs, env))
-    writer.text("reports/_charts/success.svg", charts.success_rate(chart_runs, env))
+    chart_data = [[r["id"], r["runbook"], r["status"], r.get("duration_s"), r["started_at"]] for r in chart_runs]
+    writer.chart("reports/_charts/duration.svg", [env, chart_data], lambda: charts.duration_over_time(chart_runs, env))
+    writer.chart("reports/_charts/success.svg", [env, chart_data], lambda: charts.success_rate(chart_runs, env))
     writer.text(REPORT_PAGES["history"] + ".md",
                 pages.history(ledger, docs, link, {"duration": "_charts/duration.svg",
                                                    "success": "_charts/success.svg"}))

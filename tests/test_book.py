@@ -1,0 +1,331 @@
+"""The book: generation, freshness, incremental rebuilds, `stackbook new`, and no secret in _build.
+
+Builds run through the real `stackbook book` command on a copy of the project
+(runbooks, book/, _config.yml, _toc.yml, environments) in a temporary folder
+that shares this project's database and run store, so the checkout is never
+modified. The copy's book is built once per module and then rebuilt
+incrementally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from stackbook import catalog, project
+from stackbook import secrets as secrets_mod
+from stackbook.book import evidence, pages, toc
+from tests.conftest import ROOT, run_cli
+from tests import test_runbook_contract as contract_tests
+
+COPY = ["pyproject.toml", "_config.yml", "_toc.yml", "book", "runbooks", "infra/environments"]
+CANARY = ROOT / "tests" / "fixtures" / "book" / "canary_book.ipynb"
+
+
+def copy_project(dest: Path) -> Path:
+    for rel in COPY:
+        src, dst = ROOT / rel, dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        else:
+            shutil.copy2(src, dst)
+    return dest
+
+
+def in_copy(copy: Path) -> dict:
+    """Environment for a CLI call that works on the copy but uses this project's database and run store."""
+    return {"STACKBOOK_PROJECT": str(copy), "STACKBOOK_HOME": str(project.state_dir())}
+
+
+def book_cli(copy: Path, *args: str, env: dict | None = None):
+    return run_cli("book", "-e", "dev", "--src", str(copy / "src"), "--out", str(copy / "out"), "--json", *args,
+                   env={**in_copy(copy), **(env or {})}, cwd=copy)
+
+
+@pytest.fixture(scope="module")
+def book_copy(tmp_path_factory, database_url):
+    """A project copy with its book built once (cold)."""
+    copy = copy_project(tmp_path_factory.mktemp("book") / "project")
+    res = book_cli(copy)
+    assert res.code == 0, res
+    return copy, res.json()
+
+
+# ---------------------------------------------------------------- the table of contents (a contract)
+
+
+def test_every_runbook_is_in_the_toc():
+    missing = toc.missing(toc.load(ROOT), catalog.paths(), ROOT)
+    assert not missing, f"runbooks missing from _toc.yml: {missing} (run `stackbook book --fix-toc`)"
+
+
+def test_toc_lists_no_runbook_that_does_not_exist():
+    assert toc.stale(toc.load(ROOT), catalog.paths(), ROOT) == []
+
+
+def test_effective_toc_drops_unbuilt_and_appends_missing_runbooks():
+    data = {"format": "jb-book", "root": "book/intro",
+            "parts": [{"caption": "Runbooks", "chapters": [{"file": "reports/runbooks"}, {"file": "runbooks/a/x"}]}]}
+    out = toc.effective(data, ["runbooks/b/y"])
+    assert toc.files(out) == ["book/intro", "reports/runbooks", "runbooks/b/y"]
+    assert toc.files(data) == ["book/intro", "reports/runbooks", "runbooks/a/x"]  # the input is untouched
+
+
+# ---------------------------------------------------------------- freshness from ledger rows
+
+
+@pytest.fixture()
+def scratch_env_rows(db):
+    """Ledger rows in an environment name nobody else uses; deleted afterwards."""
+    env = f"t_book_{uuid.uuid4().hex[:8]}"
+    from stackbook import ledger
+
+    ledger.ensure_schema(db)
+
+    def add(status: str, hours_ago: float, **extra) -> str:
+        run_id = f"{env}-{uuid.uuid4().hex[:6]}"
+        started = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
+        db.execute(
+            """insert into stackbook.runs (id, runbook, env, status, started_at, finished_at, duration_s, host,
+                                           results, error)
+               values (%s, 'platform_check', %s, %s, %s, %s, 4.2, 'test', %s, %s)""",
+            (run_id, env, status, started, None if status == "running" else started + timedelta(seconds=4.2),
+             json.dumps(extra.get("results", {})), json.dumps(extra["error"]) if "error" in extra else None))
+        return run_id
+
+    yield env, add
+    db.execute("delete from stackbook.runs where env = %s", (env,))
+
+
+def state_of(db, env: str, meta: dict) -> evidence.Freshness:
+    led = evidence.read(db, env, ["platform_check"])
+    return evidence.freshness(meta, led.runs_of("platform_check"), env)
+
+
+def test_freshness_never_fresh_stale_failing(db, scratch_env_rows):
+    env, add = scratch_env_rows
+    meta = {"freshness_hours": 2, "schedule": None}
+    assert state_of(db, env, meta).state == "never"
+
+    old = add("succeeded", 5)
+    fr = state_of(db, env, meta)
+    assert fr.state == "stale" and fr.last_success["id"] == old
+
+    recent = add("succeeded", 1, results={"rows": 3})
+    fr = state_of(db, env, meta)
+    assert fr.state == "fresh" and fr.last_success["id"] == recent and fr.latest["results"] == {"rows": 3}
+
+    add("skipped", 0.5)  # skipped runs count neither way
+    running = add("running", 0.2)
+    fr = state_of(db, env, meta)
+    assert fr.state == "fresh" and fr.running["id"] == running
+
+    failed = add("failed", 0.1, error={"cell_index": 4, "ename": "AssertionError", "evalue": "only 0 runbooks"})
+    fr = state_of(db, env, meta)
+    assert fr.state == "failing" and fr.latest["id"] == failed and fr.last_success["id"] == recent
+    text = pages.status_section(catalog.load("platform_check"), fr, lambda *a: None)
+    assert 'class="sb-badge sb-failing"' in text and "AssertionError: only 0 runbooks" in text
+    assert "cell 4" in text and recent in text
+
+
+def test_freshness_window_from_schedule_when_no_freshness_hours():
+    assert evidence.window_hours({"schedule": "*/30 * * * *"}) == 1.0
+    assert evidence.window_hours({"schedule": "0 3 * * *", "freshness_hours": 30}) == 30
+    assert evidence.window_hours({"schedule": None}) is None
+    now = datetime.now(timezone.utc)
+    run = {"id": "r1", "env": "dev", "status": "succeeded", "started_at": now - timedelta(days=400),
+           "finished_at": now - timedelta(days=400)}
+    assert evidence.freshness({"schedule": None}, [run], "dev", now).state == "fresh"  # no window: never stale
+
+
+def test_audit_and_dr_pages_say_no_run_yet():
+    text = pages.audit("dev", None, None, lambda *a: None, "runbooks/audit/compliance_audit")
+    assert "No run of `compliance_audit` in `dev` yet" in text and "stackbook run compliance_audit -e dev" in text
+    text = pages.dr_drill("dev", None, [], lambda *a: None, None)
+    assert "No run of `dr_drill` in `dev` yet" in text and "no runbook named `dr_drill`" in text
+
+
+# ---------------------------------------------------------------- generation and the built site
+
+
+def test_cold_build_has_every_page(book_copy):
+    copy, doc = book_copy
+    html = Path(doc["html"])
+    names = {p.stem for p in catalog.paths()}
+    assert set(doc["runbooks"]) == names
+    for path in (copy / "runbooks").rglob("*.ipynb"):
+        page = html / path.relative_to(copy).with_suffix(".html")
+        assert page.exists(), f"no page for {path}"
+        text = page.read_text()
+        assert 'class="sb-badge sb-' in text and "Parameters" in text and "About this runbook" in text
+    overview = (html / "reports" / "runbooks.html").read_text()
+    assert overview.count('class="sb-badge sb-') >= len(names) + 4  # the summary, then one per runbook
+    history = (html / "reports" / "history.html").read_text()
+    assert history.count("<img") >= 2 and ".svg" in history
+    for page in ("reports/audit.html", "reports/dr_drill.html", "book/intro.html", "book/writing.html"):
+        assert (html / page).exists(), page
+    config = (copy / "src" / "_config.yml").read_text()
+    assert "execute_notebooks: 'off'" in config or "execute_notebooks: off" in config
+
+
+def test_runbook_page_shows_parameters_from_the_parameters_cell(book_copy):
+    copy, doc = book_copy
+    rb = catalog.load("platform_check")
+    text = (Path(doc["html"]) / "runbooks" / "ops" / "platform_check.html").read_text()
+    for p in rb.parameters:
+        assert p.name in text and p.help.split("(")[0].strip()[:30].replace("'", "&#x27;") in text.replace("’", "'")
+
+
+def test_rebuild_with_nothing_changed_writes_nothing(book_copy):
+    copy, _ = book_copy
+    res = book_cli(copy)
+    assert res.code == 0, res
+    doc = res.json()
+    changed = [f for f in doc["files_written"] if not f.startswith(("reports/", "_runs/"))]
+    assert changed == [], "only ledger-driven pages may change between two builds (other runs happen meanwhile)"
+
+
+def test_rebuild_after_one_runbook_changed_redoes_only_that_page(book_copy):
+    copy, _ = book_copy
+    target = copy / "runbooks" / "ops" / "platform_check.ipynb"
+    html = copy / "out" / "_build" / "html"
+    others = [p for p in (html / "runbooks").rglob("*.html") if p.stem != "platform_check"]
+    before = {p: p.stat().st_mtime_ns for p in others}
+    nb = json.loads(target.read_text())
+    first = nb["cells"][0]
+    first["source"] = "".join(first["source"]) + "\n\nA sentence added by the incremental-build test.\n"
+    target.write_text(json.dumps(nb, indent=1))
+    res = book_cli(copy)
+    assert res.code == 0, res
+    doc = res.json()
+    assert "runbooks/ops/platform_check.ipynb" in doc["files_written"]
+    assert [f for f in doc["files_written"] if f.startswith("runbooks/")] == ["runbooks/ops/platform_check.ipynb"]
+    runbook_pages_read = [d for d in doc["pages_read"] if d.startswith("runbooks/")]
+    assert runbook_pages_read == ["runbooks/ops/platform_check"]
+    assert "added by the incremental-build test" in (html / "runbooks" / "ops" / "platform_check.html").read_text()
+    assert {p: p.stat().st_mtime_ns for p in others} == before, "other runbook pages were rewritten"
+
+
+def test_a_warning_fails_the_build_and_names_it(book_copy):
+    copy, _ = book_copy
+    chapter = copy / "book" / "running.md"
+    original = chapter.read_text()
+    chapter.write_text(original + "\n\nSee {doc}`a page that does not exist </book/nowhere>`.\n")
+    try:
+        res = book_cli(copy)
+        assert res.code == 1, res
+        assert "book/nowhere" in res.err and "warnings are errors" in res.err
+    finally:
+        chapter.write_text(original)
+
+
+def test_unknown_environment_is_a_usage_error(book_copy):
+    copy, _ = book_copy
+    res = run_cli("book", "-e", "nowhere", "--src", str(copy / "src"), "--out", str(copy / "out"), env=in_copy(copy))
+    assert res.code == 2 and "unknown environment 'nowhere'" in res.err
+
+
+# ---------------------------------------------------------------- stackbook new
+
+
+@pytest.fixture()
+def blank_copy(tmp_path):
+    return copy_project(tmp_path / "project")
+
+
+def test_new_scaffolds_a_runbook_that_passes_the_contract_and_runs(blank_copy, database_url):
+    copy = blank_copy
+    res = run_cli("new", "ops/check_things", "--owner", "sre", "--json", env=in_copy(copy), cwd=copy)
+    assert res.code == 0, res
+    doc = res.json()
+    path = Path(doc["path"])
+    assert path == copy / "runbooks" / "ops" / "check_things.ipynb" and doc["toc_changed"] is True
+    contract = contract_tests.TestRunbook()
+    for check in [m for m in dir(contract) if m.startswith("test_")]:
+        getattr(contract, check)(path)
+    nb = json.loads(path.read_text())
+    assert sum("parameters" in c["metadata"].get("tags", []) for c in nb["cells"]) == 1
+    meta = nb["metadata"]["stackbook"]
+    assert meta["owner"] == "sre" and meta["tags"] == ["ops"]
+    assert "runbooks/ops/check_things" in toc.files(toc.load(copy))
+    run = run_cli("run", "check_things", "-e", "dev", "--json", env=in_copy(copy), cwd=copy)
+    assert run.code == 0, run
+    assert run.json()["results"] == {"planned": 10, "applied": 0}
+
+
+def test_new_refuses_to_overwrite_and_validates_names(blank_copy, database_url):
+    copy = blank_copy
+    assert run_cli("new", "ops/check_things", env=in_copy(copy), cwd=copy).code == 0
+    target = copy / "runbooks" / "ops" / "check_things.ipynb"
+    before, toc_before = target.read_bytes(), (copy / "_toc.yml").read_bytes()
+    again = run_cli("new", "ops/check_things", env=in_copy(copy), cwd=copy)
+    assert again.code == 2 and "exists already" in again.err and "never overwrites" in again.err
+    other_area = run_cli("new", "dr/check_things", env=in_copy(copy), cwd=copy)
+    assert other_area.code == 2 and "names are unique" in other_area.err
+    for bad in ("check_things", "Ops/x", "ops/Bad-Name", "ops/1x", "a/b/c", "ops/"):
+        res = run_cli("new", bad, env=in_copy(copy), cwd=copy)
+        assert res.code == 2, (bad, res)
+        assert "AREA/NAME" in res.err or "snake_case" in res.err
+    assert target.read_bytes() == before and (copy / "_toc.yml").read_bytes() == toc_before
+    assert sorted(p.stem for p in (copy / "runbooks").rglob("*.ipynb")) == sorted(
+        [p.stem for p in catalog.paths()] + ["check_things"])
+
+
+# ---------------------------------------------------------------- no secret in _build
+
+
+def leaks(root: Path, value: str) -> list[str]:
+    forms = secrets_mod.forms(value)
+    found = set()
+    for path in root.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            found |= {f for f in forms if f in text}
+    return sorted(found)
+
+
+def canary_run(secret: str, extra_env: dict | None = None) -> dict:
+    res = run_cli("run", str(CANARY), "-e", "dev", "--json", env={"BOOK_CANARY": secret, **(extra_env or {})})
+    assert res.code == 1, res  # the canary fails on purpose, with the secret in its error
+    return res.json()
+
+
+def build_canary_book(tmp: Path) -> Path:
+    """A book holding the canary runbook's chapter and the run history (the book process never sees the secret)."""
+    env = {k: v for k, v in os.environ.items() if k != "BOOK_CANARY"}
+    res = run_cli("book", "-e", "dev", "--runbook", str(CANARY), "--src", str(tmp / "src"), "--out", str(tmp),
+                  "--json", env=env)
+    assert res.code == 0, res
+    return tmp / "_build"
+
+
+def test_secret_canary_is_nowhere_in_the_built_book(database_url, tmp_path):
+    secret = "canary/" + secrets.token_urlsafe(18) + "+@="
+    rec = canary_run(secret)
+    built = build_canary_book(tmp_path)
+    page = (built / "html" / "runbooks" / "other" / "canary_book.html").read_text()
+    history = (built / "html" / "reports" / "history.html").read_text()
+    assert rec["id"] in page and "[secret:BOOK_CANARY]" in page  # the run's evidence is on the page, scrubbed
+    assert rec["id"] in history and "secret:BOOK_CANARY" in history  # its error text is in the run history
+    assert leaks(built, secret) == []
+    assert leaks(tmp_path / "src", secret) == []
+
+
+def test_control_unscrubbed_canary_is_found_in_the_built_book(database_url, db, tmp_path):
+    """Proves the search above finds a leak: with the runner's scrubbing off, the built site shows the secret."""
+    secret = "canary/" + secrets.token_urlsafe(18) + "+@="
+    rec = canary_run(secret, {"STACKBOOK_UNSAFE_NO_SCRUB": "1", "STACKBOOK_RUN_STORE": str(tmp_path / "runs")})
+    try:
+        built = build_canary_book(tmp_path / "book")
+        found = leaks(built, secret)
+        assert secret in found and len(found) >= 3, found  # plain, base64 and URL-encoded forms
+    finally:
+        db.execute("delete from stackbook.runs where id = %s", (rec["id"],))
