@@ -98,6 +98,7 @@ def test_incremental_skip_and_selective_rerun(tmp_path, db, database_url):
     second = run(str(spec), env="dev", parallel=2)
     assert second["status"] == "succeeded"
     assert second["ran"] == [] and sorted(second["skipped"]) == ["a", "b", "c"]
+    assert second["decided_by"] == "stackbook.pipelines.fastpath"  # proved up to date without ploomber
     for t in second["tasks"]:
         assert t["status"] == "skipped" and "up to date" in t["reason"]
     rows = ledger_rows(db, second["pipeline_run_id"])
@@ -106,7 +107,7 @@ def test_incremental_skip_and_selective_rerun(tmp_path, db, database_url):
     edit_code(spec.parent / "a.ipynb", 'stackbook.record("label", label)', 'stackbook.record("label", label)  # v2')
     third = run(str(spec), env="dev", parallel=2)
     t3 = by_task(third)
-    assert third["status"] == "succeeded"
+    assert third["status"] == "succeeded" and third["decided_by"] == "ploomber"
     assert t3["a"]["status"] == "succeeded" and t3["a"]["why"] == "runbook source changed"
     assert t3["b"]["status"] == "succeeded" and "upstream" in t3["b"]["why"]
     assert t3["c"]["status"] == "skipped"
@@ -120,6 +121,10 @@ def test_incremental_skip_and_selective_rerun(tmp_path, db, database_url):
     (out / "a.txt").unlink()  # a missing product makes its task (and what depends on it) run again
     fifth = run(str(spec), env="dev", parallel=2)
     assert sorted(fifth["ran"]) == ["a", "b"] and fifth["skipped"] == ["c"]
+
+    forced = run(str(spec), env="dev", parallel=2, force=True)
+    assert sorted(forced["ran"]) == ["a", "b", "c"] and forced["decided_by"] == "ploomber"
+    assert {t["why"] for t in forced["tasks"]} == {"--force"}
 
 
 def test_failing_task_stops_dependents_independent_branch_goes_on(tmp_path, cli, db):

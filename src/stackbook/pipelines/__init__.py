@@ -19,6 +19,11 @@ are not used: its serial executor has no parallelism, and its parallel one
 forks worker processes, which would bypass the runner's ledger connection,
 locks and secret scrubbing. Swapping ploomber out means rewriting :mod:`.dag`
 only.
+
+A rerun where nothing changed does not import ploomber at all: :mod:`.fastpath`
+reads the metadata ploomber keeps beside each product and, when every task is
+provably up to date by ploomber's own rules, skips them all; otherwise ploomber
+decides.
 """
 
 from __future__ import annotations

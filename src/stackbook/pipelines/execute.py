@@ -27,6 +27,7 @@ from typing import Any, Callable
 from stackbook import ledger, runner
 from stackbook.errors import RefusedError
 from stackbook.pipelines import dag as dag_mod
+from stackbook.pipelines import fastpath
 from stackbook.pipelines.spec import load_spec
 
 Event = Callable[[str, dict], None]  # (kind, details): started, finished, skipped, upstream_failed, retry
@@ -110,8 +111,14 @@ def run_pipeline(name: str, *, env: str = "dev", profile: str | None = None, for
     spec = load_spec(name)
     pipeline_run_id = "p" + ledger.new_run_id()
     started = time.monotonic()
-    plan = dag_mod.plan(spec, env=env, profile=profile, force=force, pipeline_run_id=pipeline_run_id,
-                        cli_params=cli_params)
+    plan = None
+    if not force:  # nothing changed? then ploomber need not even be imported (see fastpath)
+        plan = fastpath.plan_if_up_to_date(spec, env=env, profile=profile, pipeline_run_id=pipeline_run_id,
+                                           cli_params=cli_params)
+    decided_by = "stackbook.pipelines.fastpath" if plan is not None else "ploomber"
+    if plan is None:
+        plan = dag_mod.plan(spec, env=env, profile=profile, force=force, pipeline_run_id=pipeline_run_id,
+                            cli_params=cli_params)
     parallel = max(1, parallel or default_parallel())
     outcomes: dict[str, TaskOutcome] = {}
     conn = db.connect()
@@ -201,6 +208,7 @@ def run_pipeline(name: str, *, env: str = "dev", profile: str | None = None, for
         "profile": profile,
         "force": force,
         "parallel": parallel,
+        "decided_by": decided_by,
         "status": "succeeded" if not failed and not interrupted else ("cancelled" if interrupted else "failed"),
         "failed": failed,
         "ran": [t["name"] for t in tasks if t["status"] not in ("skipped", "upstream_failed", "cancelled")],
