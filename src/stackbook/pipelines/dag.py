@@ -116,6 +116,7 @@ class Plan:
 
 def _expand(spec: PipelineSpec, env_values: dict[str, Any], sources: dict[str, Path]) -> list[dict[str, Any]]:
     """Ploomber's DAGSpec: key validation and placeholder expansion; returns the expanded tasks."""
+    import_ploomber()  # first: telemetry off and warnings quiet before any ploomber module loads
     from ploomber.exceptions import DAGSpecInitializationError
     from ploomber.spec import DAGSpec
 
