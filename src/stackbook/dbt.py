@@ -346,8 +346,6 @@ def invoke(command: str, *, select: str = "", exclude: str = "", full_refresh: b
         args += ["--exclude", *exclude.split()]
     if full_refresh:
         args.append("--full-refresh")
-    if command == "source freshness":
-        args += ["--output", str(target / "sources.json")]
     args += list(extra_args or [])
     password = unquote(urlsplit(url).password or "")
     with _lock:  # dbt keeps global state: one invocation at a time per process
