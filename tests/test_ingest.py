@@ -298,3 +298,33 @@ def test_load_csv_folder_runbook_via_cli(cli, tmp_path, db, scratch_schema):
     assert res.code == 1, res
     assert "TooManyBadRows" in res.out and "extra_column.csv" in res.out and "latin1.csv" in res.out
     assert table_counts(scratch_schema, list(good), conn=db)["bad_date"] == good["bad_date"]
+
+
+@pytest.mark.parametrize("name,data", [
+    ("crlf", b"id,name\r\n1,a\r\n2,\"b\r\nc\"\r\n3,c\r\n"),
+    ("bom_no_final_newline", "\ufeffid,name\n1,a\n2,b\n3,c".encode("utf-8")),
+    ("blank_lines", b"\nid,name\n1,a\n\n2,b\n3,c\n\n"),
+])
+def test_line_endings_bom_and_blank_lines(tmp_path, db, scratch_schema, name, data):
+    write(tmp_path, f"{name}.csv", data)
+    report = load_folder(tmp_path, schema=scratch_schema, conn=db)
+    assert report.rows_loaded == 3 and report.rows_quarantined == 0
+    assert [c for c, in db.execute("select column_name from information_schema.columns where table_schema = %s "
+                                   "and table_name = %s order by ordinal_position", [scratch_schema, name])] == [
+        "id", "name"]
+    assert db.execute(f'select count(*) from "{scratch_schema}"."{name}" where id = 3').fetchone() == (1,)
+
+
+def test_jaffle_generate_is_cached_and_keys_cover_every_file():
+    from stackbook.errors import UsageError
+    from stackbook.ingest import jaffle
+
+    folder = jaffle.generate(1)  # generated once per checkout (about a minute), then cached
+    assert folder == jaffle.cache_dir(1) and (folder / jaffle.DONE).exists()
+    assert {p.stem for p in folder.glob("*.csv")} == set(jaffle.KEYS)
+    for table, keys in jaffle.KEYS.items():
+        header = (folder / f"{table}.csv").open(encoding="utf-8").readline().strip().split(",")
+        assert set(keys) <= set(header), (table, keys, header)
+    assert jaffle.generate(1) == folder
+    with pytest.raises(UsageError, match="years"):
+        jaffle.generate(0)
