@@ -126,12 +126,12 @@ class _Writer:
         import hashlib
 
         key = hashlib.sha256(json.dumps(data, default=str, sort_keys=True).encode()).hexdigest()[:16]
-        stamp = f"<!-- stackbook-chart {key} -->\n"
+        stamp = f"<!-- stackbook-chart {key} -->\n"  # after the root element: the XML declaration stays first
         path = self.src / rel
-        if path.exists() and path.read_text(encoding="utf-8", errors="replace").startswith(stamp):
+        if path.exists() and path.read_text(encoding="utf-8", errors="replace").endswith(stamp):
             self.keep(rel)
             return
-        self.text(rel, stamp + render())
+        self.text(rel, render().rstrip("\n") + "\n" + stamp)
 
     def notebook(self, rel: str, nb: dict) -> None:
         self.text(rel, json.dumps(self.scrub.obj(nb), indent=1, ensure_ascii=False, sort_keys=True) + "\n")
@@ -150,11 +150,12 @@ class _Writer:
 def _scrubber(runbooks: list[notebooks.Runbook], env: str) -> secrets_mod.Scrubber:
     """Every secret value this process can see, so that a page can never show one."""
     values: dict[str, str] = {}
-    for name in sorted({s for rb in runbooks for s in rb.metadata.get("secrets") or []}):
+    for name in sorted({s for rb in runbooks
+                        for s in (rb.metadata.get("secrets") or []) + (rb.metadata.get("optional_secrets") or [])}):
         try:
             values.update(secrets_mod.collect([name], env))
         except secrets_mod.SecretError:
-            pass
+            pass  # not set here: nothing of it to scrub
     try:
         from stackbook import db
 

@@ -135,7 +135,7 @@ def _run_line(label: str, run: dict, link: RunLink) -> str:
 
 def status_section(rb, fr: Freshness, link: RunLink) -> str:
     """The freshness badge and what it rests on."""
-    lines = [f"## Status in `{fr.env}`", ""]
+    lines = [f"## Status in {esc(fr.env)}", ""]
     headline = {
         "fresh": f"last succeeded {when(fr.last_success and (fr.last_success.get('finished_at') or fr.last_success['started_at']))}",
         "failing": f"the latest run {fr.latest['status'] if fr.latest else ''}",
@@ -160,7 +160,7 @@ def status_section(rb, fr: Freshness, link: RunLink) -> str:
         lines.append(f"- **Run it:** `stackbook run {rb.name} -e {fr.env}`")
     results = (fr.latest or {}).get("results") or {}
     if results:
-        lines += ["", f"### Recorded results (run `{fr.latest['id']}`)", "",
+        lines += ["", f"Results recorded by run `{fr.latest['id']}`:", "",
                   table(["result", "value"], [[code(k), value_text(v)] for k, v in results.items()])]
     return "\n".join(lines)
 
