@@ -208,6 +208,8 @@ def test_over_the_threshold_the_file_loads_nothing_and_the_run_fails(tmp_path, d
     assert "max_bad_ratio 0.10%" in msg and QUARANTINE in msg
     report = err.value.report
     assert report.table("extra_column")["status"] == "rejected"
+    with pytest.raises(TooManyBadRows, match="extra_column.csv"):
+        report.check()
     # rejected files loaded nothing (a table they would have created is not there), the others loaded,
     # and the bad rows are quarantined either way
     assert table_counts(scratch_schema, ["extra_column", "latin1", "bad_date", "clean"], conn=db) == {
@@ -297,6 +299,10 @@ def test_load_csv_folder_runbook_via_cli(cli, tmp_path, db, scratch_schema):
               "--json")
     assert res.code == 1, res
     assert "TooManyBadRows" in res.out and "extra_column.csv" in res.out and "latin1.csv" in res.out
+    failed = res.json()
+    assert failed["status"] == "failed"
+    assert failed["results"]["rows_quarantined"] == 3  # the figures are recorded before the check fails the run
+    assert {p["file"] for p in failed["results"]["problems"]} >= {"empty.csv", "header_only.csv", "latin1.csv"}
     assert table_counts(scratch_schema, list(good), conn=db)["bad_date"] == good["bad_date"]
 
 

@@ -105,13 +105,16 @@ def _normalise_keys(keys: Mapping[str, Any] | None, tables: list[str], source: P
 
 def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, Any] | None = None,
                 encoding: str = "utf-8", max_bad_ratio: float = 0.001, spec=None, conn=None, *,
-                pattern: str = "*.csv", sample_rows: int = infer.SAMPLE_ROWS, force: bool = False) -> LoadReport:
+                pattern: str = "*.csv", sample_rows: int = infer.SAMPLE_ROWS, force: bool = False,
+                check: bool = True) -> LoadReport:
     """Load every ``pattern`` file of ``source_dir`` into ``schema`` (see the module docstring).
 
     ``keys``: table -> key column(s). ``spec``: a dict or YAML/JSON file of column types (see
     :mod:`stackbook.ingest.infer`). ``conn``: a psycopg connection (default: ``stackbook.db.connect()``).
     ``force``: load files even when unchanged. Raises :class:`TooManyBadRows` or :class:`LoadError`
-    (with ``.report``) after every file was handled when a file was rejected or failed.
+    (with ``.report``) after every file was handled when a file was rejected or failed; with
+    ``check=False`` it returns the report instead and ``report.check()`` raises the same error later
+    (so a runbook can record the figures first).
     """
     t0 = time.perf_counter()
     source = _resolve_source(source_dir)
@@ -137,7 +140,7 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
         from stackbook import db
 
         conn = db.connect()
-    report = LoadReport(schema=schema, source_dir=str(source))
+    report = LoadReport(schema=schema, source_dir=str(source), max_bad_ratio=float(max_bad_ratio))
     try:
         with conn.transaction():
             manifest.ensure(conn, schema)
@@ -149,24 +152,9 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
         if own:
             conn.close()
     report.seconds = time.perf_counter() - t0
-    _raise_for(report, max_bad_ratio)
+    if check:
+        report.check()
     return report
-
-
-def _raise_for(report: LoadReport, max_bad_ratio: float) -> None:
-    rejected = [t for t in report.tables if t["status"] == "rejected"]
-    failed = [t for t in report.tables if t["status"] == "failed"]
-    if not rejected and not failed:
-        return
-    parts = []
-    for t in rejected:
-        parts.append(f"{t['file']}: {t['rows_quarantined']} of {t['rows_quarantined'] + t['good_rows']} rows bad "
-                     f"({t['bad_ratio']:.2%}), over max_bad_ratio {max_bad_ratio:.2%}; nothing of it was loaded")
-    for t in failed:
-        parts.append(f"{t['file']}: {t['message']}")
-    where = f"bad rows are in {report.schema}.{manifest.QUARANTINE}" if rejected else ""
-    msg = f"load of {report.source_dir} into {report.schema}: " + "; ".join(parts) + (f" ({where})" if where else "")
-    raise (TooManyBadRows if rejected else LoadError)(msg, report)
 
 
 # ---------------------------------------------------------------- one file

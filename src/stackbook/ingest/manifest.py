@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from stackbook.ingest.report import QUARANTINE
+
 LOADS = "_stackbook_loads"
-QUARANTINE = "_stackbook_quarantine"
 
 QUARANTINE_COLUMNS = ("load_id", "table_name", "file_name", "file_sha256", "line_number", "raw_line", "reason")
 

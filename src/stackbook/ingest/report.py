@@ -7,6 +7,8 @@ from typing import Any
 
 from stackbook.errors import StackbookError
 
+QUARANTINE = "_stackbook_quarantine"  # same as stackbook.ingest.manifest.QUARANTINE
+
 #: the columns of a per-table entry, in display order
 COLUMNS = ("table", "file", "status", "method", "rows_loaded", "rows_inserted", "rows_updated",
            "rows_quarantined", "bad_ratio", "table_rows", "seconds", "message")
@@ -32,6 +34,25 @@ class LoadReport:
     source_dir: str
     tables: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    max_bad_ratio: float = 0.001
+
+    def check(self) -> "LoadReport":
+        """Raise :class:`TooManyBadRows` (a file over ``max_bad_ratio``) or :class:`LoadError` (a file that
+        could not be loaded), naming every such file; else return the report."""
+        rejected = [t for t in self.tables if t["status"] == "rejected"]
+        failed = [t for t in self.tables if t["status"] == "failed"]
+        if not rejected and not failed:
+            return self
+        parts = []
+        for t in rejected:
+            parts.append(f"{t['file']}: {t['rows_quarantined']} of {t['rows_quarantined'] + t['good_rows']} rows "
+                         f"bad ({t['bad_ratio']:.2%}), over max_bad_ratio {self.max_bad_ratio:.2%}; "
+                         f"nothing of it was loaded")
+        for t in failed:
+            parts.append(f"{t['file']}: {t['message']}")
+        where = f" (bad rows are in {self.schema}.{QUARANTINE})" if rejected else ""
+        msg = f"load of {self.source_dir} into {self.schema}: " + "; ".join(parts) + where
+        raise (TooManyBadRows if rejected else LoadError)(msg, self)
 
     @property
     def rows_loaded(self) -> int:
