@@ -55,7 +55,7 @@ from psycopg import sql
 
 from stackbook.errors import UsageError
 from stackbook.ingest import csvfile, infer, manifest
-from stackbook.ingest.report import LoadError, LoadReport, TooManyBadRows
+from stackbook.ingest.report import LoadError, LoadReport
 
 STAGE = "_stackbook_stage"
 SEQ = "_stackbook_seq"
