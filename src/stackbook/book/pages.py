@@ -84,12 +84,23 @@ def status_chip(status: str) -> str:
     return f'<span class="sb-run sb-run-{STATUS_CLASS.get(status, "info")}">{esc(status).replace(chr(92), "")}</span>'
 
 
+def _role_text(text: str) -> str:
+    """Text inside a role's explicit title: taken literally, so only its delimiters are removed."""
+    return " ".join(str(text).replace("`", "'").replace("<", "(").replace(">", ")").split())
+
+
 def doc_link(title: str, docname: str) -> str:
-    return f"{{doc}}`{esc(title)} </{docname}>`"
+    return f"{{doc}}`{_role_text(title)} </{docname}>`"
 
 
 def download(label: str, path: str | None) -> str:
-    return f"{{download}}`{esc(label)} </{path}>`" if path else code(label)
+    return f"{{download}}`{_role_text(label)} </{path}>`" if path else code(label)
+
+
+def verdict(ok: bool, text: str) -> str:
+    """A pass/fail badge for a report (an audit, a drill), styled like the freshness badges."""
+    return (f'<span class="sb-badge sb-{"fresh" if ok else "failing"}">{"✔" if ok else "✖"} '
+            f'{"passed" if ok else "failed"}</span> <span>{text}</span>')
 
 
 def table(header: list[str], rows: list[list[str]], css_class: str | None = None) -> str:
@@ -347,10 +358,10 @@ def audit(env: str, run: dict | None, report: dict | None, link: RunLink, doc: s
     results = run.get("results") or {}
     if report:
         summary = report.get("summary") or {}
-        verdict = "passed" if report.get("passed") else "failed"
-        lines += [f'<p class="sb-status-line">{badge("fresh" if verdict == "passed" else "failing")} '
-                  f"<span>audit {verdict} (fail on {esc(report.get('fail_on') or '?').replace(chr(92), '')} and above)"
-                  "</span></p>", "",
+        outcome = "passed" if report.get("passed") else "failed"
+        threshold = str(report.get("fail_on") or "?").replace("<", "").replace(">", "")
+        said = f"the audit {outcome}: it fails on findings of severity {threshold} and above"
+        lines += [f'<p class="sb-status-line">{verdict(outcome == "passed", said)}</p>', "",
                   table(["checks", "pass", "fail", "error", "skip"],
                         [[str(summary.get("checks_total", "–")), str(summary.get("pass", "–")),
                           str(summary.get("fail", "–")), str(summary.get("error", "–")), str(summary.get("skip", "–"))]]),
@@ -398,8 +409,8 @@ def dr_drill(env: str, run: dict | None, drills: list[dict], link: RunLink, doc:
     res = run.get("results") or {}
     lines = [f"# {title}", ""] + _run_header(run, link, doc, "dr_drill")
     passed = bool(res.get("drill_passed")) and run["status"] == "succeeded"
-    lines += [f'<p class="sb-status-line">{badge("fresh" if passed else "failing")} '
-              f"<span>drill {'passed' if passed else 'did not pass'}</span></p>", ""]
+    said = "every table restored and verified, RTO and RPO within target" if passed else "the drill did not pass"
+    lines += [f'<p class="sb-status-line">{verdict(passed, said)}</p>', ""]
     if run["status"] != "succeeded":
         lines += [f":::{{error}}\nThe drill run {run['status']}: {error_text(run)}\n:::", ""]
 
