@@ -72,6 +72,8 @@ def dbt_trials(trials: int) -> dict:
         with db.connect() as conn:
             for schema in ("staging", "marts"):
                 conn.execute(f'drop schema if exists "{prefix}{schema}" cascade')
+        for key in (prefix, prefix + "cli"):
+            shutil.rmtree(dbt.target_dir("dev", dbt.project_dir(), key), ignore_errors=True)
     first = statistics.median(r["first"] for r in rows)
     second = statistics.median(r["second"] for r in rows)
     return {"nodes": rows[0]["nodes"], "first_s": round(first, 2), "second_s": round(second, 2),

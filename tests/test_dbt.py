@@ -83,6 +83,7 @@ def warehouse(database_url, tmp_path_factory):
         yield {"raw": raw, "prefix": prefix, "result": result, "url": database_url}
     finally:
         _drop_schemas(database_url, f"{prefix}staging", f"{prefix}marts", raw)
+        shutil.rmtree(dbt.target_dir("dev", dbt.project_dir(), prefix), ignore_errors=True)
 
 
 @pytest.fixture()

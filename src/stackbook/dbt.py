@@ -135,9 +135,17 @@ def _dbt_runner():
 
 
 def target_dir(env: str, project_path: Path, schema_prefix: str) -> Path:
-    """A target folder per (environment, project, prefix), so partial parsing survives between runs."""
-    key = hashlib.sha1(f"{project_path.resolve()}|{schema_prefix}".encode()).hexdigest()[:10]
-    path = project.state_dir() / "dbt" / env / "target" / key
+    """Where dbt writes its target (manifest, run results, partial-parse state) and logs.
+
+    For the committed project: ``.stackbook/dbt/<env>/target/<hash of prefix>``, one per schema prefix, so
+    partial parsing survives between runs. Any other project (a temp copy in a test, a fork) keeps its
+    own ``target/`` folder.
+    """
+    if project_path.resolve() != (project.root() / "pipelines" / "dbt").resolve():
+        path = project_path / "target" / (schema_prefix or "default")
+    else:
+        key = hashlib.sha1(f"{project_path.resolve()}|{schema_prefix}".encode()).hexdigest()[:10]
+        path = project.state_dir() / "dbt" / env / "target" / key
     path.mkdir(parents=True, exist_ok=True)
     return path
 
