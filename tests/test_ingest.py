@@ -289,9 +289,12 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path, db, scratch_schema):
 def test_load_csv_folder_runbook_via_cli(cli, tmp_path, db, scratch_schema):
     good = make_faults(tmp_path / "faults")
     write(tmp_path / "ok", "people.csv", PEOPLE)
+    spec = write(tmp_path, "spec.yml", "tables:\n  people:\n    columns: {born: text}\n")
     res = cli("run", "load_csv_folder", "-p", f"source_dir={tmp_path / 'ok'}", "-p", f"schema={scratch_schema}",
-              "-p", 'keys={"people": ["id"]}', "--json")
+              "-p", 'keys={"people": ["id"]}', "-p", f"spec={spec}", "--json")
     assert res.code == 0, res
+    assert db.execute("select data_type from information_schema.columns where table_schema = %s and "
+                      "table_name = 'people' and column_name = 'born'", [scratch_schema]).fetchone() == ("text",)
     results = res.json()["results"]
     assert results["rows_loaded"] == 4 and results["rows_quarantined"] == 0
     assert results["tables"]["people"]["status"] == "loaded"

@@ -31,6 +31,10 @@ and committed, then the run raises :class:`TooManyBadRows` naming each
 rejected file with its ratio. A file under the threshold loads its good rows
 and quarantines the rest.
 
+**Locks.** Each file takes a transaction-level advisory lock on its table, so two loads of one table
+queue. Without keys the table is emptied with ``TRUNCATE``: readers of that table wait until the file's
+transaction commits, and then see the new content whole.
+
 **Empty and header-only files** change nothing (a table that exists keeps its
 rows) and are reported with status ``empty`` / ``header_only``, line 1 and the
 reason; they do not fail the run.
@@ -110,7 +114,7 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
     """Load every ``pattern`` file of ``source_dir`` into ``schema`` (see the module docstring).
 
     ``keys``: table -> key column(s). ``spec``: a dict or YAML/JSON file of column types (see
-    :mod:`stackbook.ingest.infer`). ``conn``: a psycopg connection (default: ``stackbook.db.connect()``).
+    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root. ``conn``: a psycopg connection (default: ``stackbook.db.connect()``).
     ``force``: load files even when unchanged. Raises :class:`TooManyBadRows` or :class:`LoadError`
     (with ``.report``) after every file was handled when a file was rejected or failed; with
     ``check=False`` it returns the report instead and ``report.check()`` raises the same error later
@@ -133,6 +137,10 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
             raise SourceError(f"{by_table[t].name} and {f.name} both map to table {t}: rename one")
         by_table[t] = f
     key_map = _normalise_keys(keys, list(by_table), source)
+    if isinstance(spec, (str, Path)) and spec and not Path(spec).expanduser().is_absolute():
+        from stackbook import project
+
+        spec = project.root() / spec
     specs = infer.load_spec(spec)
 
     own = conn is None
