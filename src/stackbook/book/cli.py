@@ -67,7 +67,10 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src
     if as_json:
         _emit_json(doc)
     else:
-        click.echo(f"book built for {env} in {result.seconds:.1f} s: {index}")
+        if not result.log:
+            click.echo(f"book for {env} is up to date (nothing changed since the last build): {index}")
+        else:
+            click.echo(f"book built for {env} in {result.seconds:.1f} s: {index}")
         click.echo(f"  {len(generated.runbooks)} runbooks; {len(generated.written)} generated files changed, "
                    f"{len(result.read)} pages re-read")
     if open_:
