@@ -8,6 +8,7 @@ metadata database is SQLite under .stackbook/airflow/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -149,10 +150,14 @@ def test_airflow_dags_test_runs_a_pipeline_end_to_end(airflow_ready, tmp_path, d
     assert dag_file.exists()
     started = db.execute("select now()").fetchone()[0]
     env = airflow_env(dags)
-    if not (AIRFLOW_HOME / "airflow.db").exists():
+    # the SQLite metadata database, migrated once per Airflow lock (a new Airflow version migrates it again)
+    lock_hash = hashlib.sha256((ROOT / "infra" / "airflow" / "requirements.lock").read_bytes()).hexdigest()
+    stamp = AIRFLOW_HOME / ".migrated"
+    if not (AIRFLOW_HOME / "airflow.db").exists() or not stamp.exists() or stamp.read_text() != lock_hash:
         AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
         mig = subprocess.run([str(AIRFLOW), "db", "migrate"], capture_output=True, text=True, env=env, timeout=600)
         assert mig.returncode == 0, mig.stderr[-3000:]
+        stamp.write_text(lock_hash)
     proc = subprocess.run([str(AIRFLOW), "dags", "test", dag_id], capture_output=True, text=True, env=env,
                           timeout=1200, cwd=tmp_path)
     log = proc.stdout + proc.stderr

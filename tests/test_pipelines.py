@@ -237,7 +237,9 @@ def test_list_and_show_the_daily_pipeline():
 
 def test_ploomber_stays_off_other_paths():
     code = ("import sys; import stackbook.cli, stackbook.runner, stackbook.pipelines, stackbook.pipelines.cli, "
-            "stackbook.pipelines.spec, stackbook.schedules, stackbook.metrics; "
+            "stackbook.pipelines.spec, stackbook.pipelines.fastpath, stackbook.pipelines.execute, stackbook.schedules, "
+            "stackbook.schedules.cli, stackbook.schedules.crontab, stackbook.schedules.airflow, "
+            "stackbook.schedules.kubernetes, stackbook.metrics, stackbook.k8s_run; "
             "assert 'ploomber' not in sys.modules, 'ploomber imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
