@@ -258,8 +258,17 @@ def test_unknown_environment_is_a_usage_error(book_copy):
 
 
 @pytest.fixture()
-def blank_copy(tmp_path):
-    return copy_project(tmp_path / "project")
+def blank_copy(tmp_path, database_url):
+    """A project copy with a scratch environment of its own; its runs are removed afterwards."""
+    import psycopg
+
+    copy = _Copy(copy_project(tmp_path / "project"))
+    copy.book_env = f"t_new_{uuid.uuid4().hex[:8]}"
+    shutil.copy(copy / "infra" / "environments" / "dev.yml", copy / "infra" / "environments" / f"{copy.book_env}.yml")
+    yield copy
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("delete from stackbook.runs where env = %s", (copy.book_env,))
+    shutil.rmtree(project.state_dir() / "runs" / copy.book_env, ignore_errors=True)
 
 
 def test_new_scaffolds_a_runbook_that_passes_the_contract_and_runs(blank_copy, database_url):
@@ -277,7 +286,7 @@ def test_new_scaffolds_a_runbook_that_passes_the_contract_and_runs(blank_copy, d
     meta = nb["metadata"]["stackbook"]
     assert meta["owner"] == "sre" and meta["tags"] == ["ops"]
     assert "runbooks/ops/check_things" in toc.files(toc.load(copy))
-    run = run_cli("run", "check_things", "-e", "dev", "--json", env=in_copy(copy), cwd=copy)
+    run = run_cli("run", "check_things", "-e", copy.book_env, "--json", env=in_copy(copy), cwd=copy)
     assert run.code == 0, run
     assert run.json()["results"] == {"planned": 10, "applied": 0}
 
