@@ -337,16 +337,20 @@ def build_canary_book(tmp: Path) -> Path:
     return tmp / "_build"
 
 
-def test_secret_canary_is_nowhere_in_the_built_book(database_url, tmp_path):
+def test_secret_canary_is_nowhere_in_the_built_book(database_url, db, tmp_path):
     secret = "canary/" + secrets.token_urlsafe(18) + "+@="
     rec = canary_run(secret)
-    built = build_canary_book(tmp_path)
-    page = (built / "html" / "runbooks" / "other" / "canary_book.html").read_text()
-    history = (built / "html" / "reports" / "history.html").read_text()
-    assert rec["id"] in page and "[secret:BOOK_CANARY]" in page  # the run's evidence is on the page, scrubbed
-    assert rec["id"] in history and "secret:BOOK_CANARY" in history  # its error text is in the run history
-    assert leaks(built, secret) == []
-    assert leaks(tmp_path / "src", secret) == []
+    try:
+        built = build_canary_book(tmp_path)
+        page = (built / "html" / "runbooks" / "other" / "canary_book.html").read_text()
+        history = (built / "html" / "reports" / "history.html").read_text()
+        assert rec["id"] in page and "[secret:BOOK_CANARY]" in page  # the run's evidence is on the page, scrubbed
+        assert rec["id"] in history and "secret:BOOK_CANARY" in history  # its error text is in the run history
+        assert leaks(built, secret) == []
+        assert leaks(tmp_path / "src", secret) == []
+    finally:
+        db.execute("delete from stackbook.runs where id = %s", (rec["id"],))
+        Path(rec["output"]).unlink(missing_ok=True)
 
 
 def test_control_unscrubbed_canary_is_found_in_the_built_book(database_url, db, tmp_path):
