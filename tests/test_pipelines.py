@@ -243,3 +243,40 @@ def test_ploomber_stays_off_other_paths():
             "assert 'ploomber' not in sys.modules, 'ploomber imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_interrupted_pipeline_records_cancelled_and_exits_130(tmp_path, db, database_url):
+    import signal
+    import time
+
+    from tests.conftest import STACKBOOK
+
+    spec = make_pipeline(
+        tmp_path / "interrupted",
+        tasks=[
+            {"source": str(ROOT / "tests" / "fixtures" / "foundation" / "sleeps.ipynb"), "name": "slow",
+             "product": "slow.ipynb", "params": {"seconds": 120}},
+            {"source": str(FIX / "pipe_step.ipynb"), "name": "after", "upstream": ["slow"], "product": "after.ipynb"},
+        ],
+    )
+    proc = subprocess.Popen([STACKBOOK, "pipeline", "run", str(spec), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "started run" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "slow: started run" in line, line
+        time.sleep(3)  # inside the sleeping cell
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    run_id = line.split("started run ")[1].split(":")[0]
+    pipeline_run = db.execute("select pipeline_run_id from stackbook.runs where id = %s", (run_id,)).fetchone()[0]
+    rows = dict(db.execute("select runbook, status from stackbook.runs where pipeline_run_id = %s",
+                           (pipeline_run,)).fetchall())
+    assert rows == {"sleeps": "cancelled", "pipe_step": "cancelled"}

@@ -191,10 +191,18 @@ def run_pipeline(name: str, *, env: str = "dev", profile: str | None = None, for
             _interrupt_kernels(conn, running_runs)
             for fut, tname in running_futures.items():
                 try:
-                    outcomes[tname] = fut.result()
-                except Exception as exc:
-                    outcomes[tname] = TaskOutcome(name=tname, runbook=plan.tasks[tname].runbook, status="cancelled",
-                                                  reason=str(exc))
+                    outcome = fut.result()
+                except BaseException as exc:  # noqa: BLE001 - the worker was interrupted too
+                    outcome = TaskOutcome(name=tname, runbook=plan.tasks[tname].runbook, status="cancelled",
+                                          reason=f"{type(exc).__name__}: {exc}")
+                if outcome.run_id and outcome.status in ("failed", "cancelled") and \
+                        (outcome.error or {}).get("ename") == "KeyboardInterrupt":
+                    # the kernel was interrupted by us, not by the runbook: record it as cancelled
+                    outcome.status, outcome.reason = "cancelled", "pipeline run interrupted; partial notebook kept"
+                    rec = ledger.get_run(conn, outcome.run_id) or {}
+                    ledger.finish_run(conn, outcome.run_id, status="cancelled", results=rec.get("results") or {},
+                                      error=rec.get("error"), reason=outcome.reason)
+                outcomes[tname] = outcome
             for tname in pending:
                 outcomes[tname] = final_row(plan.tasks[tname], "cancelled", "pipeline run interrupted")
     conn.close()
