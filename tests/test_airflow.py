@@ -55,10 +55,12 @@ def airflow_env(dags_folder: Path, **extra: str) -> dict[str, str]:
 
 
 def check_dags(folder: Path, **extra: str) -> dict:
+    out = folder.parent / f"check-{uuid.uuid4().hex[:6]}.json"
     proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "python"), str(ROOT / "infra" / "airflow" / "check_dags.py"),
-                           str(folder)], capture_output=True, text=True, timeout=300, env=airflow_env(folder, **extra))
-    assert proc.stdout.strip(), proc.stderr[-3000:]
-    doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+                           str(folder), str(out)], capture_output=True, text=True, timeout=300,
+                          env=airflow_env(folder, **extra))
+    assert out.exists(), (proc.stdout + proc.stderr)[-3000:]
+    doc = json.loads(out.read_text())
     assert proc.returncode == 0 and doc["import_errors"] == {}, (doc["import_errors"], proc.stderr[-3000:])
     return doc
 
@@ -131,6 +133,14 @@ def test_dag_integrity_every_generated_file(airflow_ready, tmp_path):
             assert task["operator"] == "KubernetesPodOperator"
             assert task["image"] == airflow.DEFAULT_IMAGE and task["command"][0] in ("run", "pipeline")
     assert pods["stackbook_pipeline_spec"]["tasks"]["b"]["upstream"] == ["a"]
+    # the pods KubernetesPodOperator would create: valid, and compliant with the audit's Kubernetes rules
+    from stackbook.audit.kubernetes import check_all
+    from stackbook.k8s.validate import validate_manifests
+
+    specs = [t["pod"] for dag in pods.values() for t in dag["tasks"].values()]
+    assert specs and validate_manifests(specs) == []
+    assert [f for f in check_all(specs) if f.status != "pass"] == []
+    assert {p["spec"]["securityContext"]["runAsUser"] for p in specs} == {10001}
 
 
 def test_airflow_dags_test_runs_a_pipeline_end_to_end(airflow_ready, tmp_path, db):
