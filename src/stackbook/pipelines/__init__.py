@@ -5,7 +5,7 @@ A pipeline lives in ``pipelines/<name>/pipeline.yaml`` (ploomber's spec format:
 ``env.yaml`` of placeholder values and optional ``env.<profile>.yaml`` overlays
 (``env.test.yaml`` shrinks the data). A top-level ``stackbook:`` mapping holds
 what ploomber has no key for: ``description``, ``owner``, ``schedule`` (cron),
-``env`` (the environment a scheduler runs it in) and ``profile``.
+``profile`` (the env overlay schedulers use) and ``timeout``.
 
 This package is the ONLY place that imports ploomber (archived upstream, and
 its import costs seconds): :mod:`.spec` reads specs with YAML alone (for

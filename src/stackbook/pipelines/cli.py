@@ -52,7 +52,7 @@ def show(name: str, as_json: bool) -> None:
         return
     click.echo(f"{spec.name}: {spec.description}")
     click.echo(f"  path: {spec.path}")
-    for key in ("schedule", "owner", "env", "profile"):
+    for key in ("schedule", "owner", "profile", "timeout"):
         if spec.meta.get(key) is not None:
             click.echo(f"  {key}: {spec.meta[key]}")
     if doc["profiles"]:

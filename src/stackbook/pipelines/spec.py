@@ -19,7 +19,7 @@ from stackbook.errors import UsageError
 
 SPEC_FILENAME = "pipeline.yaml"
 STACKBOOK_KEY = "stackbook"  # our extras; stripped before ploomber sees the spec
-STACKBOOK_FIELDS = {"description", "owner", "schedule", "env", "profile", "timeout"}
+STACKBOOK_FIELDS = {"description", "owner", "schedule", "profile", "timeout"}
 
 
 class PipelineSpecError(UsageError):
