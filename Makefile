@@ -14,7 +14,7 @@ export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: help setup system-deps run test test-fast book up down status lint bench lab clean
+.PHONY: help setup airflow system-deps run test book up down status bench lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,11 +26,14 @@ $(UV): $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
 
 $(STAMP): requirements.lock pyproject.toml | $(UV)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip sync --quiet requirements.lock
+	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip sync --quiet --compile-bytecode requirements.lock
 	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)  ## create .venv and install the locked dependencies
+
+airflow: $(STAMP)  ## Airflow's own virtual environment (.venv-airflow) from infra/airflow/requirements.lock
+	@bash infra/airflow/setup.sh
 
 system-deps:  ## install missing system packages (PostgreSQL binaries, Chromium for the browser test)
 	@bash infra/scripts/system-deps.sh
@@ -44,20 +47,36 @@ up: setup  ## start the project-local PostgreSQL
 down:  ## stop the project-local PostgreSQL
 	@if [ -x $(STACKBOOK) ]; then $(STACKBOOK) down; fi
 
-status:
+status:  ## whether the database runs, and its URL
 	$(STACKBOOK) status
 
-run: up  ## the main job on the embedded defaults
-	$(STACKBOOK) run platform_check -e dev
+run: up  ## the main job on the embedded defaults: the daily pipeline, then the book
+	$(STACKBOOK) pipeline run daily -e dev
+	$(STACKBOOK) book -e dev
 
-test: up  ## the whole test suite, then every runbook with its defaults (nbmake)
-	$(BIN)/python -m pytest tests --nbmake runbooks --nbmake-timeout=900
+# Runbooks in data-flow order: train reads the marts that transform builds.
+RUNBOOK_DIRS := runbooks/ops runbooks/provision runbooks/ingest runbooks/transform runbooks/train \
+	runbooks/audit runbooks/dr
+
+test: up airflow  ## the whole test suite, then every runbook with its small defaults (nbmake)
+	$(BIN)/python -m pytest tests --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900
+
+book: up  ## build the book (_build/html) with the evidence of the latest dev runs
+	$(STACKBOOK) book -e dev
 
 lab: up  ## JupyterLab on the project, environment loaded
 	$(STACKBOOK) lab
 
-bench: up  ## ratio benchmarks (not part of make test)
+bench: up  ## ratio benchmarks against their floors (not part of make test; figures in benchmarks/README.md)
 	$(BIN)/python benchmarks/runner_overhead.py
+	$(BIN)/python benchmarks/loader_throughput.py
+	$(BIN)/python benchmarks/loader_memory.py
+	$(BIN)/python benchmarks/dbt_mlflow.py
+	$(BIN)/python benchmarks/pipeline_overhead.py
+	$(BIN)/python benchmarks/book_rebuild.py
+	$(BIN)/python benchmarks/dr_drill.py
+	$(BIN)/python benchmarks/k8s_render_validate.py
+	$(BIN)/python benchmarks/audit_secrets_scan.py
 
 clean:  ## remove the virtual environment (keeps .stackbook: your database and runs)
 	rm -rf $(VENV)

@@ -18,6 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STACKBOOK = str(Path(sys.executable).parent / "stackbook")
 
+# Fixture notebooks fail, leak canaries or kill their kernel on purpose: the tests
+# run them through stackbook; nbmake must not collect them as runbooks.
+collect_ignore_glob = ["fixtures/*"]
+
 for key, value in {
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     "DO_NOT_TRACK": "1",

@@ -29,12 +29,12 @@ DAILY_RUNBOOKS = ("load_jaffle_shop", "build_warehouse", "train_customer_model",
 
 @pytest.fixture(scope="module")
 def airflow_ready():
-    """.venv-airflow, created by infra/airflow/setup.sh when absent (skip only if that cannot work)."""
+    """.venv-airflow, created by infra/airflow/setup.sh when absent (`make test` runs it first)."""
     if not AIRFLOW.exists():
         proc = subprocess.run(["bash", str(ROOT / "infra" / "airflow" / "setup.sh")], capture_output=True, text=True,
                               timeout=1200, cwd=ROOT)
         if proc.returncode != 0 or not AIRFLOW.exists():
-            pytest.skip(f".venv-airflow is absent and infra/airflow/setup.sh could not create it: "
+            pytest.fail(f".venv-airflow is absent and infra/airflow/setup.sh could not create it: "
                         f"{(proc.stderr or proc.stdout)[-500:]}")
     return AIRFLOW
 

@@ -77,3 +77,15 @@ def test_record_read_from_pod_log():
              "stackbook: runbook 'x' failed"]
     assert _record_from_logs(lines) == {"id": "1-abc", "status": "failed"}
     assert _record_from_logs(["no record"]) is None
+
+
+def test_cli_on_kubernetes_without_cluster_exits_2_and_runs_nothing(cli):
+    """The CLI switch reaches the Kubernetes path: dev names no cluster, so exit 2 saying how to set one."""
+    before = cli("runs", "--runbook", "platform_check", "--limit", "1000", "--json").json()
+    res = cli("run", "platform_check", "-e", "dev", "--on", "kubernetes", "--json")
+    assert res.code == 2, res
+    doc = res.json()
+    assert doc["kind"] == "UsageError" and doc["exit_code"] == 2
+    assert "kube_context" in doc["error"] and "infra/environments/dev.yml" in doc["error"]
+    after = cli("runs", "--runbook", "platform_check", "--limit", "1000", "--json").json()
+    assert len(after) == len(before)

@@ -262,9 +262,12 @@ def public_record(rec: dict) -> dict:
 @click.option("--log-output", is_flag=True, help="Stream cell output to standard error as it arrives.")
 @click.option("--approved-by", default=None, metavar="NAME",
               help="Approver of a destructive, non-dry run in an environment that requires approval.")
+@click.option("--on", "on", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="Where the kernel runs: here, or as a Kubernetes Job of the platform image "
+                   "(needs kube_context in the environment file and an s3:// run store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON (only it, on stdout).")
 @handle_errors
-def run(name, env, params, params_file, cell_timeout, timeout, log_output, approved_by, as_json) -> None:
+def run(name, env, params, params_file, cell_timeout, timeout, log_output, approved_by, on, as_json) -> None:
     """Run runbook NAME headlessly: parameters are checked before any kernel starts.
 
     NAME is a runbook's file stem or a path to any .ipynb file. Precedence of
@@ -277,8 +280,13 @@ def run(name, env, params, params_file, cell_timeout, timeout, log_output, appro
     _sigterm_as_interrupt()
     options = runner.RunOptions(env=env, cli_params=list(params), params_file=params_file, cell_timeout=cell_timeout,
                                 timeout=timeout, log_output=log_output, approved_by=approved_by)
-    prepared = runner.prepare(name, options)
-    rec = runner.execute(prepared, on_start=lambda rid: click.echo(f"stackbook: run {rid} started", err=True))
+    announce = lambda rid: click.echo(f"stackbook: run {rid} started", err=True)  # noqa: E731
+    if on == "kubernetes":
+        from stackbook import k8s_run
+
+        rec = k8s_run.run(name, options, on_start=announce)
+    else:
+        rec = runner.execute(runner.prepare(name, options), on_start=announce)
     if as_json:
         _emit_json(public_record(rec))
     else:
