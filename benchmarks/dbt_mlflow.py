@@ -26,10 +26,11 @@ import time
 import uuid
 from pathlib import Path
 
+from stackbook.privacy import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-ENV = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "1",
-       "MLFLOW_DISABLE_TELEMETRY": "true", "PLOOMBER_STATS_ENABLED": "false"}
+ENV = {**os.environ, **TELEMETRY_OFF}
 
 CHILD = r"""
 import json, sys, time

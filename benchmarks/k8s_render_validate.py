@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from stackbook.privacy import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAY = ROOT / "infra" / "k8s" / "overlays" / "prod"
-ENV = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PLOOMBER_STATS_ENABLED": "false",
-       "PLOOMBER_VERSION_CHECK_DISABLED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+ENV = {**os.environ, **TELEMETRY_OFF}
 RENDER = "from stackbook.k8s import render; import sys; sys.stdout.write(render.dump(render.render('prod', [])))"
 
 

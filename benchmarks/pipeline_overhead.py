@@ -25,11 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from stackbook.privacy import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "src"))
-ENV = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "1", "PLOOMBER_STATS_ENABLED": "false",
-       "PLOOMBER_VERSION_CHECK_DISABLED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+ENV = {**os.environ, **TELEMETRY_OFF}
 N = 10
 
 

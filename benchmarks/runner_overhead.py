@@ -20,11 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from stackbook.privacy import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NOTEBOOK = ROOT / "benchmarks" / "fixtures" / "trivial.ipynb"
-ENV = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PLOOMBER_STATS_ENABLED": "false",
-       "PLOOMBER_VERSION_CHECK_DISABLED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+ENV = {**os.environ, **TELEMETRY_OFF}
 
 
 def timed(cmd: list[str]) -> float:

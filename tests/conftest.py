@@ -22,14 +22,9 @@ STACKBOOK = str(Path(sys.executable).parent / "stackbook")
 # run them through stackbook; nbmake must not collect them as runbooks.
 collect_ignore_glob = ["fixtures/*"]
 
-for key, value in {
-    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-    "DO_NOT_TRACK": "1",
-    "PLOOMBER_STATS_ENABLED": "false",
-    "PLOOMBER_VERSION_CHECK_DISABLED": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}.items():
-    os.environ.setdefault(key, value)
+from stackbook.privacy import telemetry_off  # noqa: E402
+
+telemetry_off()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 
 FIX = ROOT / "tests" / "fixtures" / "foundation"
 RECORD_FIELDS = {"id", "runbook", "env", "status", "params", "results", "output", "started_at", "finished_at",

@@ -132,7 +132,7 @@ def _pg_env(database: str) -> dict[str, str]:
     from psycopg.conninfo import conninfo_to_dict
 
     from stackbook import db
-    from stackbook.runner import TELEMETRY_OFF
+    from stackbook.privacy import TELEMETRY_OFF
 
     info = conninfo_to_dict(db.url(database))
     env = {**os.environ, **TELEMETRY_OFF}

@@ -8,7 +8,7 @@ import sys
 from stackbook import catalog, environments, project
 from stackbook import secrets as secrets_mod
 from stackbook.results import RESULTS_ENV
-from stackbook.runner import TELEMETRY_OFF
+from stackbook.privacy import TELEMETRY_OFF
 
 
 def lab_environment(env_name: str) -> dict[str, str]:

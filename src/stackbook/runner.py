@@ -26,6 +26,7 @@ from typing import Any, Callable
 from stackbook import catalog, environments, ledger, notebooks, params as params_mod, project, runstore
 from stackbook import secrets as secrets_mod
 from stackbook.errors import RefusedError, UsageError  # noqa: F401 (re-exported)
+from stackbook.privacy import TELEMETRY_OFF
 from stackbook.results import RESULTS_ENV, read_results_file
 
 log = logging.getLogger("stackbook.runner")
@@ -42,13 +43,6 @@ ERROR_ANCHOR_MSG = (
     f'<span id="papermill-error-cell" {_ERROR_STYLE}>Execution using papermill encountered an exception here '
     "and stopped:</span>"
 )
-TELEMETRY_OFF = {
-    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-    "DO_NOT_TRACK": "1",
-    "PLOOMBER_STATS_ENABLED": "false",
-    "PLOOMBER_VERSION_CHECK_DISABLED": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 UNSAFE_NO_SCRUB_ENV = "STACKBOOK_UNSAFE_NO_SCRUB"  # tests only: proves the canary search finds secrets
 
 

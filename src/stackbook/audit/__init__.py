@@ -69,5 +69,18 @@ def finding(rule_id: str, status: str, resource: str, evidence: str) -> Finding:
                    controls=list(rule.controls), title=rule.title, fix=rule.fix)
 
 
+def rule_ids(area: str) -> list[str]:
+    """The ids of an area's rules, sorted."""
+    return sorted(r.id for r in RULES.values() if r.area == area)
+
+
+def run_checks(area: str, subject: Any, rules: Iterable[str] | None = None) -> list[Finding]:
+    """The findings of the area's rules (all, or those named) over ``subject``, rule by rule."""
+    out: list[Finding] = []
+    for rule_id in rules or rule_ids(area):
+        out.extend(CHECKS[rule_id](subject))
+    return out
+
+
 def at_or_above(severity: str, threshold: str) -> bool:
     return SEVERITIES.index(severity) >= SEVERITIES.index(threshold)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from stackbook.audit import CHECKS, RULES, Finding, Rule, finding, register
+from stackbook.audit import Finding, Rule, finding, register, run_checks
 from stackbook.k8s import ManifestError, resource_id
 from stackbook.k8s.render import POD_SPEC_PATHS, all_containers, load_yaml_documents, pod_spec, split_image
 
@@ -57,10 +57,7 @@ def load_manifests(path: str | Path) -> list[dict]:
 
 def check_all(manifests: list[dict]) -> list[Finding]:
     """The findings of every Kubernetes rule over ``manifests``, rule by rule."""
-    out: list[Finding] = []
-    for rule_id in sorted(r.id for r in RULES.values() if r.area == AREA):
-        out.extend(CHECKS[rule_id](manifests))
-    return out
+    return run_checks(AREA, manifests)
 
 
 def summary(findings: Iterable[Finding]) -> list[dict]:

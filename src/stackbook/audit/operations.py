@@ -31,7 +31,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from stackbook.audit import Finding, Rule, finding, register
+from stackbook.audit import Finding, Rule, finding, register, run_checks
 
 AREA = "operations"
 DR_RUNBOOK = "dr_drill"
@@ -275,13 +275,7 @@ def context(env: str, conn=None, *, runbooks: list[dict] | None = None, dr_runbo
 
 
 def check_all(ctx: dict, rules: Iterable[str] | None = None) -> list[Finding]:
-    from stackbook.audit import CHECKS, RULES
-
-    ids = rules or sorted(r.id for r in RULES.values() if r.area == AREA)
-    out: list[Finding] = []
-    for rid in ids:
-        out.extend(CHECKS[rid](ctx))
-    return out
+    return run_checks(AREA, ctx, rules)
 
 
 def audit(env: str, conn=None) -> list[Finding]:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from stackbook.audit import Finding, Rule, finding, register
+from stackbook.audit import Finding, Rule, finding, register, run_checks
+from stackbook.audit import rule_ids as audit_rule_ids
 
 AREA = "postgres"
 BOOTSTRAP_OID = 10
@@ -375,19 +376,12 @@ def public_schema_create_revoked(obs: dict) -> Iterator[Finding]:
 
 
 def rule_ids() -> list[str]:
-    from stackbook.audit import RULES
-
-    return sorted(r.id for r in RULES.values() if r.area == AREA)
+    return audit_rule_ids(AREA)
 
 
 def check_all(obs: dict, rules: Iterable[str] | None = None) -> list[Finding]:
     """Run the PostgreSQL rules (all, or those named) over an observation."""
-    from stackbook.audit import CHECKS
-
-    out: list[Finding] = []
-    for rid in rules or rule_ids():
-        out.extend(CHECKS[rid](obs))
-    return out
+    return run_checks(AREA, obs, rules)
 
 
 def audit(conn=None, *, admin_roles: Iterable[str] = (), all_databases: bool = True) -> list[Finding]:

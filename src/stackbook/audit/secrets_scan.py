@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from stackbook.audit import Finding, Rule, finding, register
+from stackbook.audit import Finding, Rule, finding, register, run_checks
 
 AREA = "secrets"
 ALLOWLIST_FILE = "infra/audit/secrets_allowlist.txt"
@@ -461,13 +461,7 @@ def context(env: str, *, root: Path | None = None, run_store: str | None = None,
 
 
 def check_all(ctx: dict, rules: Iterable[str] | None = None) -> list[Finding]:
-    from stackbook.audit import CHECKS, RULES
-
-    ids = rules or sorted(r.id for r in RULES.values() if r.area == AREA)
-    out: list[Finding] = []
-    for rid in ids:
-        out.extend(CHECKS[rid](ctx))
-    return out
+    return run_checks(AREA, ctx, rules)
 
 
 def audit(env: str, **kw) -> list[Finding]:

@@ -18,14 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stackbook.book import BookError
+from stackbook.privacy import TELEMETRY_OFF
 
-TELEMETRY_OFF = {
-    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-    "DO_NOT_TRACK": "1",
-    "PLOOMBER_STATS_ENABLED": "false",
-    "PLOOMBER_VERSION_CHECK_DISABLED": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _UPDATED = re.compile(r"updating environment: (?:\[[^\]]*\] )?(\d+) added, (\d+) changed, (\d+) removed")
 _ITEM = re.compile(r"^(reading sources|writing output)\.\.\. \[\s*\d+%\] (\S+)")

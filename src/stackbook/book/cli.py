@@ -6,8 +6,6 @@ them into exit codes and messages.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from stackbook import project
-from stackbook.runner import TELEMETRY_OFF
+from stackbook.privacy import TELEMETRY_OFF
 from stackbook.schedules import DEFAULT_SCHEDULE_ENV, Scheduled, scheduled
 
 DEFAULT_OUT = Path("infra") / "airflow" / "dags"
