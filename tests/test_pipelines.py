@@ -108,7 +108,7 @@ def test_incremental_skip_and_selective_rerun(tmp_path, db, database_url):
     third = run(str(spec), env="dev", parallel=2)
     t3 = by_task(third)
     assert third["status"] == "succeeded" and third["decided_by"] == "ploomber"
-    assert t3["a"]["status"] == "succeeded" and t3["a"]["why"] == "runbook source changed"
+    assert t3["a"]["status"] == "succeeded" and t3["a"]["why"] == "runbook source or its inputs changed"
     assert t3["b"]["status"] == "succeeded" and "upstream" in t3["b"]["why"]
     assert t3["c"]["status"] == "skipped"
 
@@ -125,6 +125,61 @@ def test_incremental_skip_and_selective_rerun(tmp_path, db, database_url):
     forced = run(str(spec), env="dev", parallel=2, force=True)
     assert sorted(forced["ran"]) == ["a", "b", "c"] and forced["decided_by"] == "ploomber"
     assert {t["why"] for t in forced["tasks"]} == {"--force"}
+
+
+def set_metadata(path: Path, **values) -> None:
+    nb = json.loads(path.read_text())
+    nb["metadata"]["stackbook"].update(values)
+    path.write_text(json.dumps(nb, indent=1))
+
+
+def test_changed_input_file_and_expired_product_rerun(tmp_path, db, database_url):
+    """A file named in metadata `inputs` is part of the fingerprint; a product older than freshness_hours expires."""
+    from stackbook import project
+    from stackbook.pipelines import run
+
+    inputs = project.state_dir() / "tmp" / f"inputs-{uuid.uuid4().hex[:8]}"
+    inputs.mkdir(parents=True)
+    try:
+        (inputs / "model.sql").write_text("select 1\n")
+        folder = tmp_path / f"inp{uuid.uuid4().hex[:6]}"
+        spec = make_pipeline(folder, tasks=[
+            {"source": "reads.ipynb", "name": "reads", "product": "reads.ipynb", "params": {"label": "reads"}},
+            {"source": "after.ipynb", "name": "after", "upstream": ["reads"], "product": "after.ipynb"},
+            {"source": "daily.ipynb", "name": "daily", "product": "daily.ipynb", "params": {"label": "daily"}},
+        ], copies={"reads.ipynb": "pipe_step", "after.ipynb": "pipe_step", "daily.ipynb": "pipe_step"})
+        set_metadata(folder / "reads.ipynb", inputs=[str(inputs.relative_to(project.root()) / "*.sql")])
+        set_metadata(folder / "daily.ipynb", freshness_hours=1)
+
+        assert sorted(run(str(spec), env="dev")["ran"]) == ["after", "daily", "reads"]
+        unchanged = run(str(spec), env="dev")
+        assert unchanged["ran"] == [] and unchanged["decided_by"] == "stackbook.pipelines.fastpath"
+
+        (inputs / "model.sql").write_text("select 2\n")
+        changed = by_task(run(str(spec), env="dev"))
+        assert changed["reads"]["status"] == "succeeded"
+        assert changed["reads"]["why"] == "runbook source or its inputs changed"
+        assert changed["after"]["status"] == "succeeded" and changed["daily"]["status"] == "skipped"
+
+        meta_file = products_of(folder, "daily")
+        meta = json.loads(meta_file.read_text())
+        meta["timestamp"] -= 2 * 3600  # built two hours ago; its freshness window is one hour
+        meta_file.write_text(json.dumps(meta))
+        expired = by_task(run(str(spec), env="dev"))
+        assert expired["daily"]["status"] == "succeeded" and "freshness_hours" in expired["daily"]["why"]
+        assert expired["reads"]["status"] == "skipped" and expired["after"]["status"] == "skipped"
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)
+
+
+def products_of(folder: Path, task: str) -> Path:
+    """The ploomber metadata file of a task's notebook product."""
+    from stackbook import project
+
+    found = [p for p in project.state_dir().glob(f"pipelines/*/dev/.{task}.ipynb.metadata")
+             if folder.name in str(p)]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_failing_task_stops_dependents_independent_branch_goes_on(tmp_path, cli, db):

@@ -217,7 +217,7 @@ def show(name: str, as_json: bool) -> None:
     click.echo(f"{rb.name}: {rb.title}")
     click.echo(f"  path: {rb.path}")
     for key in ("owner", "schedule", "destructive", "exclusive", "timeout", "freshness_hours", "retries", "secrets",
-                "tags"):
+                "tags", "inputs"):
         click.echo(f"  {key}: {rb.metadata.get(key)}")
     click.echo("\nparameters:")
     rows = [{"name": p.name, "type": p.describe_type(), "default": repr(p.default), "help": p.help}

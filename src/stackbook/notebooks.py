@@ -33,6 +33,7 @@ METADATA_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "freshness_hours": ((int, float), None),
     "retries": (int, 0),
     "retry_delay_s": ((int, float), 10),
+    "inputs": (list, []),  # project files (globs) the runbook reads: a change re-runs it in a pipeline
 }
 
 

@@ -187,6 +187,7 @@ def about_section(rb) -> str:
         ["timeout", seconds(meta.get("timeout")) if meta.get("timeout") else "none"],
         ["secrets", ", ".join(code(s) for s in meta.get("secrets") or []) or "none"],
         ["tags", ", ".join(code(t) for t in meta.get("tags") or []) or "–"],
+        ["inputs", ", ".join(code(i) for i in meta.get("inputs") or []) or "its code cells only"],
         ["source", code(rb.path.name if rb.area == "" else f"runbooks/{rb.area}/{rb.path.name}")],
     ]
     lines = ["## About this runbook", "", table(["field", "value"], rows), "", "### Parameters", ""]

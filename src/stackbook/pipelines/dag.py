@@ -20,20 +20,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from stackbook import project, runner
+from stackbook import privacy, project, runner
 from stackbook.errors import StackbookError, UsageError
 from stackbook.pipelines.spec import PipelineSpec, PipelineSpecError
 
-PLOOMBER_TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1"}
-
-
 def import_ploomber():
     """Import ploomber with its telemetry and version check off and its home under .stackbook/."""
-    os.environ.update(PLOOMBER_TELEMETRY_OFF)
+    privacy.telemetry_off()
     home = project.state_dir() / "ploomber"
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PLOOMBER_HOME_DIR", str(home))
@@ -54,15 +52,38 @@ def products_dir(spec: PipelineSpec, env: str) -> Path:
 
 
 def runbook_source_text(path: Path) -> str:
-    """What counts as a runbook's source for incremental runs: its code cells, in order.
+    """What counts as a runbook's source for incremental runs: its code cells, in order, and its inputs.
 
-    Markdown edits do not re-run a task; any code change (parameters cell included) does.
+    Markdown edits do not re-run a task; any code change (parameters cell included) does, and so does
+    a change to a file matched by ``metadata.stackbook.inputs`` (globs relative to the project root,
+    e.g. ``pipelines/dbt/**`` for the runbook that builds the dbt project).
     """
     from stackbook import notebooks
 
     nb = notebooks.read_json(path)
     cells = [notebooks.cell_source(c) for c in nb["cells"] if c.get("cell_type") == "code"]
-    return "\n# ---- cell ----\n".join(cells)
+    text = "\n# ---- cell ----\n".join(cells)
+    inputs = (nb.get("metadata", {}).get("stackbook") or {}).get("inputs") or []
+    if inputs:
+        text += f"\n# ---- inputs ----\n# sha256 {inputs_digest(inputs)}"
+    return text
+
+
+def inputs_digest(patterns: list[str], root: Path | None = None) -> str:
+    """One sha256 over the paths and contents of the files the globs match (build outputs excluded)."""
+    import hashlib
+
+    root = root or project.root()
+    digest = hashlib.sha256()
+    files = sorted({f for pattern in patterns for f in root.glob(pattern) if f.is_file()
+                    and not any(part in _NOT_INPUTS for part in f.relative_to(root).parts)})
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+_NOT_INPUTS = {"target", "logs", "dbt_packages", "__pycache__", ".ipynb_checkpoints"}
 
 
 @dataclass
@@ -256,7 +277,7 @@ def _why(pt, force: bool, will_run_upstream: list[str]) -> str:
     if meta.stored_source_code is None:
         return "no build metadata"
     if meta.stored_source_code != str(pt.source):
-        return "runbook source changed"
+        return "runbook source or its inputs changed"
     current = pt.params.to_json_serializable(params_only=True)
     if (meta.params or {}) != json.loads(json.dumps(current, default=str)):
         changed = sorted(k for k in set(current) | set(meta.params or {})
@@ -315,18 +336,35 @@ def plan(spec: PipelineSpec, *, env: str = "dev", profile: str | None = None, fo
         dag.render(force=force, show_progress=False)
     from ploomber.constants import TaskStatus
 
-    for name in result.order:
+    for name in result.order:  # upstream first: a task re-runs when one of its upstream tasks does
         task = result.tasks[name]
         pt = task.ploomber_task
-        if pt.exec_status == TaskStatus.Skipped:
+        ups = [u for u in task.upstream if result.tasks[u].action == "run"]
+        first = next(iter(pt.product.products)) if hasattr(pt.product, "products") else pt.product
+        hours = task.prepared.runbook.metadata.get("freshness_hours")
+        if pt.exec_status == TaskStatus.Skipped and ups:
+            task.action, task.why = "run", "upstream re-runs: " + ", ".join(ups)
+        elif pt.exec_status == TaskStatus.Skipped and expired(first.metadata.timestamp, hours):
+            task.action, task.why = "run", f"last built over {hours:g} h ago (its freshness_hours)"
+        elif pt.exec_status == TaskStatus.Skipped:
             task.action = "skip"
             task.why = "up to date: runbook source, parameters and upstream products unchanged"
         else:
             task.action = "run"
-            ups = [u for u in task.upstream if result.tasks[u].action == "run"]
             task.why = _why(pt, force, ups)
     result.dag = dag
     return result
+
+
+def expired(timestamp: float | None, freshness_hours: float | None, now: float | None = None) -> bool:
+    """Whether a product built at ``timestamp`` is older than its runbook's freshness window.
+
+    A scheduled pipeline must not skip a task forever because nothing in the project changed: the data
+    it loads, the database it audits and the models it trains change outside the project.
+    """
+    if freshness_hours is None or timestamp is None:
+        return False
+    return (now or time.time()) - float(timestamp) > float(freshness_hours) * 3600
 
 
 def prepared_name(path: Path) -> str:

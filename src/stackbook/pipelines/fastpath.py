@@ -6,7 +6,8 @@ for it, this module reads the metadata ploomber wrote beside each product
 (``.<file>.metadata``: ``timestamp``, ``stored_source_code``, ``params``) and
 checks ploomber's own conditions for every task: every product exists with
 metadata, the stored source equals the runbook's code cells, the stored
-parameters equal the resolved ones, and no upstream product is newer.
+parameters equal the resolved ones, no upstream product is newer, and no
+product is older than its runbook's ``freshness_hours``.
 
 It is conservative: it only ever answers "every task is up to date" or "ask
 ploomber". Placeholders are expanded here only when they are plain keys of
@@ -108,6 +109,8 @@ def plan_if_up_to_date(spec: PipelineSpec, *, env: str, profile: str | None, pip
                 if m.get("stored_source_code") != current_source or m.get("params") != current_params:
                     return None
             own = min(float(m["timestamp"]) for m in metas)
+            if dag_mod.expired(own, prepared.runbook.metadata.get("freshness_hours")):
+                return None
             if any(timestamps[u] > own for u in outline.upstream):
                 return None
             timestamps[name] = own
