@@ -87,6 +87,10 @@ def artifacts_root() -> Path:
 
 def configure() -> str:
     """Point mlflow's tracking and registry at our store; returns the tracking URI."""
+    import warnings
+
+    # mlflow imports tqdm.auto, which warns in a kernel without ipywidgets; progress bars are not used here
+    warnings.filterwarnings("ignore", message="IProgress not found")
     import mlflow
 
     uri = tracking_uri()
