@@ -202,6 +202,10 @@ def _read_executed(run: dict | None) -> dict | None:
         return None
     try:
         return runstore.read_notebook(run["output"])
+    except FileNotFoundError:
+        # removed from the run store since (retention, a test's clean-up): the run is listed without a link
+        log.info("executed notebook of run %s is no longer in the run store (%s)", run["id"], run["output"])
+        return None
     except (OSError, ValueError) as exc:
         log.warning("executed notebook of run %s not readable (%s): %s", run["id"], run["output"], exc)
         return None
