@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 AIRFLOW_VENV = ROOT / ".venv-airflow"
 AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
@@ -143,23 +143,11 @@ def test_dag_integrity_every_generated_file(airflow_ready, tmp_path):
     assert {p["spec"]["securityContext"]["runAsUser"] for p in specs} == {10001}
 
 
-def test_airflow_dags_test_runs_a_pipeline_end_to_end(airflow_ready, tmp_path, db):
-    """`airflow dags test` on a generated DAG: every task a `stackbook run` with a ledger row; retries in the ledger.
-
-    The daily pipeline's DAG (test profile: small data) once all of its runbooks exist, else a fixture pipeline's.
-    """
-    dags = tmp_path / "dags"
-    daily = all(_exists(name) for name in DAILY_RUNBOOKS)
-    marker = f"af-{uuid.uuid4().hex[:8]}"
-    if daily:
-        dag_file = write_dag(ROOT / "pipelines" / "daily" / "pipeline.yaml", dags, profile="test")
-        dag_id = "stackbook_pipeline_daily"
-    else:
-        dag_file = write_dag(fixture_pipeline(tmp_path / "afpipe", marker), dags)
-        dag_id = "stackbook_pipeline_afpipe"
+def dags_test(dag_file: Path, dag_id: str, cwd: Path, db) -> list[tuple]:
+    """`airflow dags test DAG_ID` on one generated file; the ledger rows its tasks wrote (oldest first)."""
     assert dag_file.exists()
     started = db.execute("select now()").fetchone()[0]
-    env = airflow_env(dags)
+    env = airflow_env(dag_file.parent)
     # the SQLite metadata database, migrated once per Airflow lock (a new Airflow version migrates it again)
     lock_hash = hashlib.sha256((ROOT / "infra" / "airflow" / "requirements.lock").read_bytes()).hexdigest()
     stamp = AIRFLOW_HOME / ".migrated"
@@ -169,30 +157,30 @@ def test_airflow_dags_test_runs_a_pipeline_end_to_end(airflow_ready, tmp_path, d
         assert mig.returncode == 0, mig.stderr[-3000:]
         stamp.write_text(lock_hash)
     proc = subprocess.run([str(AIRFLOW), "dags", "test", dag_id], capture_output=True, text=True, env=env,
-                          timeout=1200, cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    rows = db.execute("select runbook, status, attempt, params from stackbook.runs where started_at >= %s "
-                      "and env = 'dev' order by started_at", (started,)).fetchall()
-    if daily:
-        done = {r[0] for r in rows if r[1] == "succeeded"}
-        assert set(DAILY_RUNBOOKS) <= done, rows
-    else:
-        ours = [r for r in rows if str((r[3] or {}).get("label", "")).startswith(marker)
-                or str((r[3] or {}).get("counter_file", "")).startswith(str(tmp_path))]
-        labels = {r[3].get("label") for r in ours if r[0] == "pipe_step"}
-        assert labels == {f"{marker}-a", f"{marker}-c"}
-        flaky = [(r[1], r[2]) for r in ours if r[0] == "pipe_flaky"]
-        # Airflow retried the task: two `stackbook run` calls, the first failed
-        assert [s for s, _ in flaky] == ["failed", "succeeded"], ours
+                          timeout=1200, cwd=cwd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    rows = db.execute("select runbook, status, attempt, params, pipeline_run_id from stackbook.runs "
+                      "where started_at >= %s and env = 'dev' and pipeline_run_id like %s order by started_at",
+                      (started, f"airflow:{dag_id}:%")).fetchall()
+    assert len({r[4] for r in rows}) == 1, rows  # every task's ledger row carries the one DAG run's id
+    return rows
 
 
-def _exists(name: str) -> bool:
-    from stackbook import catalog
-    from stackbook.errors import StackbookError
+def test_airflow_dags_test_runs_the_daily_pipeline(airflow_ready, tmp_path, db):
+    """The generated daily DAG (test profile: small data) end to end: every task a `stackbook run` in the ledger."""
+    dag_file = write_dag(ROOT / "pipelines" / "daily" / "pipeline.yaml", tmp_path / "dags", profile="test")
+    rows = dags_test(dag_file, "stackbook_pipeline_daily", tmp_path, db)
+    assert {r[0] for r in rows if r[1] == "succeeded"} == set(DAILY_RUNBOOKS), rows
+    listed = run_cli("runs", "--pipeline-run", rows[0][4], "--json")
+    assert listed.code == 0 and {r["runbook"] for r in listed.json()} == set(DAILY_RUNBOOKS), listed
 
-    try:
-        catalog.find(name)
-        return True
-    except StackbookError:
-        return False
+
+def test_airflow_retries_a_failed_task_each_try_in_the_ledger(airflow_ready, tmp_path, db):
+    """A task that fails its first try: Airflow retries it, the ledger has both tries with Airflow's try number."""
+    marker = f"af-{uuid.uuid4().hex[:8]}"
+    dag_file = write_dag(fixture_pipeline(tmp_path / "afpipe", marker), tmp_path / "dags")
+    rows = dags_test(dag_file, "stackbook_pipeline_afpipe", tmp_path, db)
+    labels = {r[3].get("label") for r in rows if r[0] == "pipe_step"}
+    assert labels == {f"{marker}-a", f"{marker}-c"}
+    flaky = [(r[1], r[2]) for r in rows if r[0] == "pipe_flaky"]
+    assert flaky == [("failed", 1), ("succeeded", 2)], rows

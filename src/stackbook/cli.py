@@ -262,12 +262,18 @@ def public_record(rec: dict) -> dict:
 @click.option("--log-output", is_flag=True, help="Stream cell output to standard error as it arrives.")
 @click.option("--approved-by", default=None, metavar="NAME",
               help="Approver of a destructive, non-dry run in an environment that requires approval.")
+@click.option("--pipeline-run", "pipeline_run", default=None, metavar="ID",
+              help="Record the run as part of pipeline run ID (set by schedulers, e.g. the generated Airflow DAGs; "
+                   "`stackbook runs --pipeline-run ID` lists them).")
+@click.option("--attempt", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Attempt number of this run (set by schedulers that retry, e.g. Airflow's try number).")
 @click.option("--on", "on", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
               help="Where the kernel runs: here, or as a Kubernetes Job of the platform image "
                    "(needs kube_context in the environment file and an s3:// run store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON (only it, on stdout).")
 @handle_errors
-def run(name, env, params, params_file, cell_timeout, timeout, log_output, approved_by, on, as_json) -> None:
+def run(name, env, params, params_file, cell_timeout, timeout, log_output, approved_by, pipeline_run, attempt, on,
+        as_json) -> None:
     """Run runbook NAME headlessly: parameters are checked before any kernel starts.
 
     NAME is a runbook's file stem or a path to any .ipynb file. Precedence of
@@ -279,7 +285,8 @@ def run(name, env, params, params_file, cell_timeout, timeout, log_output, appro
 
     _sigterm_as_interrupt()
     options = runner.RunOptions(env=env, cli_params=list(params), params_file=params_file, cell_timeout=cell_timeout,
-                                timeout=timeout, log_output=log_output, approved_by=approved_by)
+                                timeout=timeout, log_output=log_output, approved_by=approved_by,
+                                pipeline_run_id=pipeline_run, attempt=attempt)
     announce = lambda rid: click.echo(f"stackbook: run {rid} started", err=True)  # noqa: E731
     if on == "kubernetes":
         from stackbook import k8s_run

@@ -170,6 +170,11 @@ def _source_ref(source_path: Path | None, written: str, root: Path) -> str:
         return str(source_path.resolve())
 
 
+def scheduler_args(dag: str) -> list[str]:
+    """What ties a task's ledger row to its DAG run: Airflow renders these templates for each try."""
+    return ["--pipeline-run", f"airflow:{dag}:{{{{ run_id }}}}", "--attempt", "{{ ti.try_number }}"]
+
+
 def _task_line(var: str, task_id: str, args: list[str], retries: int, delay: float, timeout: float | None) -> str:
     timeout_s = int(timeout) + TIMEOUT_GRACE_S if timeout else None
     return (f"    {var} = stackbook_task({task_id!r}, {args!r}, retries={retries}, retry_delay_s={float(delay)}, "
@@ -209,6 +214,7 @@ def dag_source(item: Scheduled, env: str = DEFAULT_SCHEDULE_ENV, root: Path | No
             args = ["run", ref, "-e", "{env}"]
             for key, value in params.get(tname, {}).items():
                 args += ["-p", f"{key}={_param_text(value)}"]
+            args += scheduler_args(dag_id(item))
             tasks.append(_task_line(names[tname], tname, args, int(meta.get("retries") or 0),
                                     float(meta.get("retry_delay_s") or 10), meta.get("timeout")))
             for up in t.upstream:
@@ -217,7 +223,8 @@ def dag_source(item: Scheduled, env: str = DEFAULT_SCHEDULE_ENV, root: Path | No
     else:
         rb = item.source
         origin = str(Path(rb.path).resolve().relative_to(root.resolve())) if rb else item.name
-        tasks.append(_task_line(_py_name(item.name), item.name, ["run", item.name, "-e", "{env}"], item.retries,
+        tasks.append(_task_line(_py_name(item.name), item.name,
+                                ["run", item.name, "-e", "{env}", "--attempt", "{{ ti.try_number }}"], item.retries,
                                 item.retry_delay_s or 10, item.timeout))
         title = f"stackbook runbook `{item.name}` as an Airflow DAG."
     return TEMPLATE.format(
