@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 FIX = ROOT / "tests" / "fixtures" / "foundation"
 RECORD_FIELDS = {"id", "runbook", "env", "status", "params", "results", "output", "started_at", "finished_at",
@@ -158,3 +158,14 @@ def test_lab_dry_run_loads_environment(cli):
     res = cli("lab", "--dry-run", "--no-browser")
     assert res.code == 0
     assert "jupyterlab" in res.out and "DATABASE_URL" in res.out and "STACKBOOK_RESULTS_FILE" in res.out
+
+
+def test_unwritable_output_path_is_a_clear_error_not_a_traceback(tmp_path):
+    """An --out under a regular file: exit 1 naming the path, no Python traceback, nothing written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me\n")
+    res = run_cli("schedule", "airflow", "--out", str(blocker / "dags"))
+    assert res.code == 1, res
+    assert "stackbook: error: Not a directory" in res.err and str(blocker / "dags") in res.err
+    assert "Traceback" not in res.err
+    assert blocker.read_text() == "keep me\n"

@@ -40,6 +40,13 @@ def handle_errors(fn):
                 _emit_json({"error": str(exc), "exit_code": exc.exit_code, "kind": type(exc).__name__})
             click.echo(f"stackbook: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a path that cannot be read or written, a full disk: no traceback, exit 1
+            where = f": {exc.filename}" if exc.filename else ""
+            message = f"{exc.strerror or exc}{where}"
+            if kwargs.get("as_json"):
+                _emit_json({"error": message, "exit_code": 1, "kind": type(exc).__name__})
+            click.echo(f"stackbook: error: {message}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("stackbook: cancelled", err=True)
             sys.exit(EXIT_CANCELLED)
