@@ -169,3 +169,12 @@ def test_unwritable_output_path_is_a_clear_error_not_a_traceback(tmp_path):
     assert "stackbook: error: Not a directory" in res.err and str(blocker / "dags") in res.err
     assert "Traceback" not in res.err
     assert blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("args", [["run", "platform_check"], ["runs"], ["pipeline", "run", "daily"], ["book"]])
+def test_unreachable_database_is_exit_2_with_the_url_redacted(args):
+    """A DATABASE_URL that does not answer: exit 2 before anything runs, the URL named without its password."""
+    res = run_cli(*args, env={"DATABASE_URL": "postgresql://someone:hunter2-secret@127.0.0.1:9/nowhere"})
+    assert res.code == 2, res
+    assert "cannot connect to postgresql://someone:***@127.0.0.1:9/nowhere" in res.err and "DATABASE_URL" in res.err
+    assert "hunter2-secret" not in res.err + res.out and "Traceback" not in res.err

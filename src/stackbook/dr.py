@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from stackbook import project
-from stackbook.errors import RefusedError, StackbookError, UsageError
+from stackbook.errors import DatabaseUnavailable, RefusedError, StackbookError, UsageError
 
 HEARTBEAT_SCHEMA = "stackbook"
 HEARTBEAT_TABLE = "dr_heartbeat"
@@ -297,7 +297,7 @@ def _backup_into(out: Path, database: str, wanted: list[str] | None) -> Backup:
     t0 = time.monotonic()
     try:
         conn = _connect(database, autocommit=False)
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, DatabaseUnavailable) as exc:
         raise DrError(f"cannot connect to database {database!r} to back it up: {str(exc).strip()}") from None
     with conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
