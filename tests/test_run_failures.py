@@ -35,11 +35,18 @@ def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
     raise AssertionError("condition not met in time")
 
 
-def running_row(db, runbook: str, since: str):
+def running_row(db, runbook: str, proc: subprocess.Popen):
+    """The running ledger row of the run that `proc` started (its runner's pid), once it has one.
+
+    Matched by pid, not by run id order: two ids of the same second sort by their random part.
+    """
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        raise AssertionError(f"stackbook run exited {proc.returncode} before its run was seen running:\n{err}")
     return db.execute(
-        "select id, pid, kernel_pid from stackbook.runs where runbook = %s and status = 'running' and id > %s "
-        "order by id desc limit 1",
-        (runbook, since),
+        "select id, pid, kernel_pid from stackbook.runs where runbook = %s and status = 'running' and pid = %s "
+        "and host = %s order by started_at desc limit 1",
+        (runbook, proc.pid, ledger.hostname()),
     ).fetchone()
 
 
@@ -75,9 +82,8 @@ def test_run_timeout(cli):
 
 
 def test_runner_killed_is_reaped_at_once_and_its_kernel_does_not_live_on(cli, db):
-    since = ledger.new_run_id()
     proc = start(nb("sleeps"), "-p", "seconds=120")
-    row = wait_for(lambda: (r := running_row(db, "sleeps", since)) and r[2] and r)
+    row = wait_for(lambda: (r := running_row(db, "sleeps", proc)) and r[2] and r)
     run_id, runner_pid, kernel_pid = row
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -110,9 +116,8 @@ def test_silent_run_on_another_host_is_reaped_after_heartbeat_timeout(db, cli):
 
 
 def test_ctrl_c_cancels_and_keeps_partial_notebook(db):
-    since = ledger.new_run_id()
     proc = start(nb("sleeps"), "-p", "seconds=120", "--json")
-    run_id, _, kernel_pid = wait_for(lambda: (r := running_row(db, "sleeps", since)) and r[2] and r)
+    run_id, _, kernel_pid = wait_for(lambda: (r := running_row(db, "sleeps", proc)) and r[2] and r)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -125,9 +130,8 @@ def test_ctrl_c_cancels_and_keeps_partial_notebook(db):
 
 
 def test_exclusive_runbook_refuses_a_second_run_then_allows_one(db, cli):
-    since = ledger.new_run_id()
     first = start(nb("exclusive"), "-p", "seconds=20")
-    holder = wait_for(lambda: running_row(db, "exclusive", since))
+    holder = wait_for(lambda: running_row(db, "exclusive", first))
     second = cli("run", nb("exclusive"), "-p", "seconds=0")
     assert second.code == 3, second
     assert holder[0] in second.err and "exclusive" in second.err
@@ -140,9 +144,8 @@ def test_exclusive_runbook_refuses_a_second_run_then_allows_one(db, cli):
 
 
 def test_lock_is_freed_when_its_holder_dies(db, cli):
-    since = ledger.new_run_id()
     first = start(nb("exclusive"), "-p", "seconds=60")
-    wait_for(lambda: running_row(db, "exclusive", since))
+    wait_for(lambda: running_row(db, "exclusive", first))
     first.send_signal(signal.SIGKILL)
     first.wait()
     res = cli("run", nb("exclusive"), "-p", "seconds=0")
