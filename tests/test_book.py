@@ -221,6 +221,8 @@ def test_rebuild_after_one_runbook_changed_redoes_only_that_page(book_copy):
     html = copy / "out" / "_build" / "html"
     others = [p for p in (html / "runbooks").rglob("*.html") if p.stem != "platform_check"]
     before = {p: p.stat().st_mtime_ns for p in others}
+    compiled = {p: p.stat().st_mtime_ns for p in (copy / "out" / "_build" / ".jinja-cache").iterdir()}
+    assert len(compiled) > 10, "the cold build kept no compiled templates"
     nb = json.loads(target.read_text())
     first = nb["cells"][0]
     first["source"] = "".join(first["source"]) + "\n\nA sentence added by the incremental-build test.\n"
@@ -233,6 +235,8 @@ def test_rebuild_after_one_runbook_changed_redoes_only_that_page(book_copy):
     assert set(doc["pages_read"]) - {"reports/history"} == {"runbooks/ops/platform_check"}
     assert "added by the incremental-build test" in (html / "runbooks" / "ops" / "platform_check.html").read_text()
     assert {p: p.stat().st_mtime_ns for p in others} == before, "other runbook pages were rewritten"
+    # the theme's templates came from the cache: none compiled again, none added
+    assert {p: p.stat().st_mtime_ns for p in (copy / "out" / "_build" / ".jinja-cache").iterdir()} == compiled
 
 
 def test_a_warning_fails_the_build_and_names_it(book_copy):

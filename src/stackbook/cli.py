@@ -388,5 +388,12 @@ def lab(env: str, port: int, no_browser: bool, dry_run: bool) -> None:
     lab_mod.exec_lab(cmd, env_vars)
 
 
+def entry() -> None:
+    """The ``stackbook`` console script: ``main``, then an exit without the module teardown."""
+    from stackbook.fastexit import run_then_exit
+
+    run_then_exit(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()
