@@ -107,7 +107,9 @@ def test_malformed_notebooks_exit_2_naming_the_file(cli):
     res = cli("run", nb("malformed"))
     assert res.code == 2 and "malformed.ipynb" in res.err and "malformed JSON" in res.err
     res = cli("run", "no_such_runbook")
-    assert res.code == 2 and "no runbook named 'no_such_runbook'" in res.err
+    assert res.code == 2 and "no runbook named 'no_such_runbook'" in res.err and "did you mean" not in res.err
+    res = cli("run", "platform_chek")
+    assert res.code == 2 and "did you mean 'platform_check'?" in res.err
 
 
 def test_json_error_document_on_stdout(cli):

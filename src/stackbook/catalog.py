@@ -31,8 +31,13 @@ def find(name: str) -> Path:
         return path.resolve()
     hits = [p for p in paths() if p.stem == name]
     if not hits:
-        known = ", ".join(p.stem for p in paths()) or "none"
-        raise UsageError(f"no runbook named {name!r} under {project.runbooks_dir()} (known: {known})")
+        import difflib
+
+        stems = sorted(p.stem for p in paths())
+        close = difflib.get_close_matches(name, stems, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"no runbook named {name!r} under {project.runbooks_dir()}{hint} "
+                         f"(known: {', '.join(stems) or 'none'})")
     if len(hits) > 1:
         raise UsageError(f"runbook name {name!r} is ambiguous: {', '.join(map(str, hits))}")
     return hits[0]
