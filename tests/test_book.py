@@ -252,6 +252,66 @@ def test_a_warning_fails_the_build_and_names_it(book_copy):
         chapter.write_text(original)
 
 
+def test_watch_rebuilds_each_change_in_one_process_and_survives_a_failed_build(book_copy):
+    """`stackbook book --watch`: one long-running process; an edit is rebuilt (only its pages), a broken
+    reference is reported without ending the watch, the fix builds again, SIGTERM stops it cleanly."""
+    import queue
+    import signal
+    import subprocess
+    import threading
+
+    from tests.conftest import STACKBOOK
+
+    copy, _, _ = book_copy
+    target = copy / "runbooks" / "ops" / "platform_check.ipynb"
+    chapter = copy / "book" / "running.md"
+    original_nb, original_chapter = target.read_text(), chapter.read_text()
+    proc = subprocess.Popen(
+        [STACKBOOK, "book", "-e", copy.book_env, "--src", str(copy / "src"), "--out", str(copy / "out"), "--json",
+         "--watch", "--interval", "0.3"],
+        cwd=copy, env={**os.environ, **in_copy(copy)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(json.loads(ln)) for ln in proc.stdout], daemon=True).start()
+
+    def next_build(timeout: float = 120) -> dict:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"no build reported within {timeout} s; stderr: {proc.stderr.read()}") from None
+
+    try:
+        first = next_build()
+        assert first["ok"], first
+        nb = json.loads(original_nb)
+        nb["cells"][0]["source"] = "".join(nb["cells"][0]["source"]) + "\n\nEdited while the book was watched.\n"
+        target.write_text(json.dumps(nb, indent=1))
+        edited = next_build()
+        assert edited["ok"] and "runbooks/ops/platform_check" in edited["pages_read"], edited
+        # a warm process writes the changed page and the page whose toctree lists it, not every page
+        assert set(edited["pages_written"]) <= {"runbooks/ops/platform_check", "book/intro", "reports/history"}, edited
+        html = copy / "out" / "_build" / "html"
+        assert "Edited while the book was watched." in (html / "runbooks" / "ops" / "platform_check.html").read_text()
+
+        chapter.write_text(original_chapter + "\n\nSee {doc}`a page that does not exist </book/nowhere>`.\n")
+        broken = next_build()
+        assert not broken["ok"] and "book/nowhere" in broken["error"], broken
+        assert proc.poll() is None, "a failed build ended the watch"
+        chapter.write_text(original_chapter)
+        fixed = next_build()
+        assert fixed["ok"] and "book/running" in fixed["pages_read"], fixed
+
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopped watching" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        target.write_text(original_nb)
+        chapter.write_text(original_chapter)
+
+
 def test_unknown_environment_is_a_usage_error(book_copy):
     copy, _, _ = book_copy
     res = run_cli("book", "-e", "nowhere", "--src", str(copy / "src"), "--out", str(copy / "out"), env=in_copy(copy))

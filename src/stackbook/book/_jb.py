@@ -37,7 +37,8 @@ class _NoExecution(types.ModuleType):
         return refuse
 
 
-def _placeholders() -> None:
+def prepare() -> None:
+    """Put the placeholders in place in this process (before Jupyter Book is imported)."""
     for name in ("jupyter_cache", "jupyter_cache.base", "jupyter_cache.cache", "jupyter_cache.cache.db",
                  "jupyter_cache.executors", "jupyter_cache.executors.utils", "myst_nb.core.execute.inline",
                  "jupyter_client", "jupyter_client.kernelspec"):
@@ -49,7 +50,7 @@ def _placeholders() -> None:
 
 
 if __name__ == "__main__":
-    _placeholders()
+    prepare()
     from jupyter_book.cli.main import main
 
     from stackbook.fastexit import run_then_exit

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stackbook.cli import _emit_json, handle_errors
+from stackbook.cli import _emit_json, _sigterm_as_interrupt, handle_errors
 
 
 @click.command()
@@ -24,15 +24,23 @@ from stackbook.cli import _emit_json, handle_errors
               help="Folder for the generated source tree (default: .stackbook/book/src).")
 @click.option("--runbook", "runbooks", multiple=True, metavar="NAME|PATH",
               help="Build only these runbooks (names, or paths to any .ipynb); repeatable. Default: all of runbooks/.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was generated and built as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what was generated and built as JSON (with --watch: one JSON document per line and build).")
+@click.option("--watch", is_flag=True,
+              help="Keep running: rebuild whenever a runbook, a chapter, the configuration or the ledger changes "
+                   "(Ctrl-C stops).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="With --watch: how often to look for changes.")
 @handle_errors
 def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src: str | None,
-         runbooks: tuple[str, ...], as_json: bool) -> None:
+         runbooks: tuple[str, ...], as_json: bool, watch: bool, interval: float) -> None:
     """Build the Jupyter Book into _build/html: every runbook with the evidence of its latest run in ENV.
 
     Offline, nothing executed, warnings as errors. Generated pages go to
     .stackbook/book/src; only files whose content changed are rewritten, so a
-    rebuild redoes only what changed.
+    rebuild redoes only what changed. With --watch, the book is rebuilt in one
+    long-running process after every change (under a second for one runbook),
+    and a failed build is reported without stopping the watch.
     """
     from stackbook import catalog, environments, project
     from stackbook.book import build as build_mod
@@ -47,6 +55,10 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src
             toc.save(data)
             click.echo(f"stackbook: added to _toc.yml: {', '.join(added)}", err=True)
     paths = [catalog.find(name) for name in runbooks] if runbooks else None
+    if watch:
+        _watch(env, Path(src).resolve() if src else gen.default_src(), Path(out) if out else project.root(), paths,
+               interval=interval, fresh=fresh, open_=open_, as_json=as_json)
+        return
     generated = gen.generate(env, Path(src).resolve() if src else gen.default_src(), runbook_paths=paths)
     for entry in generated.toc_missing:
         click.echo(f"stackbook: warning: {entry} is not in _toc.yml (built anyway; `stackbook book --fix-toc` adds it)",
@@ -75,6 +87,44 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src
         import webbrowser
 
         webbrowser.open(index.as_uri())
+
+
+def _watch(env: str, src: Path, out: Path, paths: list[Path] | None, *, interval: float, fresh: bool, open_: bool,
+           as_json: bool) -> None:
+    import json
+
+    from stackbook.book import watch as watch_mod
+
+    opened = False
+
+    def report(outcome: watch_mod.Rebuild) -> None:
+        nonlocal opened
+        generated, result = outcome.generated, outcome.result
+        if as_json:
+            click.echo(json.dumps({
+                "env": env, "ok": outcome.error is None, "error": outcome.error,
+                "seconds": round(result.seconds, 2) if result else None,
+                "files_written": generated.written if generated else [],
+                "pages_read": result.read if result else [], "pages_written": result.wrote if result else [],
+                "html": str(result.html) if result else None}), nl=True)
+        elif outcome.error:
+            click.echo(f"stackbook: {outcome.error}\n  watching for the next change", err=True)
+        else:
+            changed = ", ".join(result.read) or "nothing to re-read"
+            click.echo(f"book built for {env} in {result.seconds:.1f} s ({changed}): {result.html / 'index.html'}")
+        if open_ and result and not opened:
+            import webbrowser
+
+            webbrowser.open((result.html / "index.html").as_uri())
+            opened = True
+
+    click.echo(f"stackbook: watching runbooks, book/, _config.yml, _toc.yml and the ledger of {env} "
+               f"every {interval:g} s; Ctrl-C stops", err=True)
+    _sigterm_as_interrupt()  # a service manager's stop ends the watch as Ctrl-C does
+    try:
+        watch_mod.watch(env, src, out, report=report, runbook_paths=paths, interval=interval, fresh=fresh)
+    except KeyboardInterrupt:
+        click.echo("stackbook: stopped watching", err=True)
 
 
 @click.command()
