@@ -12,7 +12,10 @@ Modules, one concern each:
 - ``charts``: static SVG charts of the run history (matplotlib, no JavaScript)
 - ``pages``: the text of every generated page
 - ``generate``: writes the source tree, each file only when its content changed
-- ``build``: runs ``jupyter-book build`` (offline, warnings as errors)
+- ``build``: runs ``jupyter-book build`` (offline, warnings as errors), in a subprocess or in this process
+- ``_jb``: the ``jupyter-book`` command without the imports a book that executes nothing never needs
+- ``sphinx_cache``: a Sphinx extension that keeps the theme's compiled templates between builds
+- ``watch``: ``stackbook book --watch``, rebuild after every change in one process
 - ``new``: ``stackbook new AREA/NAME``
 - ``cli``: the ``book`` and ``new`` commands
 """
