@@ -312,6 +312,48 @@ def test_watch_rebuilds_each_change_in_one_process_and_survives_a_failed_build(b
         chapter.write_text(original_chapter)
 
 
+def test_watch_reports_a_database_outage_once_and_builds_when_it_is_back(book_copy, database_url, tmp_path):
+    """The watch loop itself, in a process of its own (it imports Jupyter Book): three passes with the database
+    unreachable give one report naming it (password redacted), the pass after it is back builds the book."""
+    import subprocess
+    import sys
+    import textwrap
+
+    copy, _, _ = book_copy
+    script = textwrap.dedent(f"""
+        import json, os
+        from pathlib import Path
+        from stackbook.book import watch
+
+        good = os.environ["DATABASE_URL"]
+        os.environ["DATABASE_URL"] = "postgresql://nobody:hunter2-not-real@127.0.0.1:1/none"
+        passes, reports = 0, []
+
+        def stop():
+            global passes
+            passes += 1
+            if passes == 4:
+                os.environ["DATABASE_URL"] = good
+            return passes > 5
+
+        def report(o):
+            reports.append({{"error": o.error, "built": o.result is not None}})
+
+        watch.watch({copy.book_env!r}, Path({str(tmp_path / "src")!r}), Path({str(tmp_path / "out")!r}),
+                    report=report, interval=0.05, stop=stop)
+        print(json.dumps(reports))
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=copy,
+                          env={**os.environ, **in_copy(copy), "DATABASE_URL": database_url})
+    assert proc.returncode == 0, proc.stderr
+    reports = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(reports) == 2, reports
+    assert "cannot connect" in reports[0]["error"] and "127.0.0.1:1" in reports[0]["error"], reports
+    assert "hunter2" not in reports[0]["error"] and not reports[0]["built"]
+    assert reports[1] == {"error": None, "built": True}
+    assert (tmp_path / "out" / "_build" / "html" / "index.html").exists()
+
+
 def test_unknown_environment_is_a_usage_error(book_copy):
     copy, _, _ = book_copy
     res = run_cli("book", "-e", "nowhere", "--src", str(copy / "src"), "--out", str(copy / "out"), env=in_copy(copy))

@@ -60,11 +60,14 @@ def watch(env: str, src: Path, out: Path, *, report: Callable[[Rebuild], None], 
     ``report`` is called for the first build, for every pass that built, and for a failure unless it is the
     same as the previous pass's (a database that stays down is reported once).
     """
-    first, last_error = True, None
+    first, last_error, pending = True, None, True  # pending: build on the next pass that generates
     while not stop():
         started = time.monotonic()
-        outcome = rebuild(env, src, out, runbook_paths=runbook_paths, force=first, fresh=fresh and first)
+        outcome = rebuild(env, src, out, runbook_paths=runbook_paths, force=pending, fresh=fresh and first)
         if first or outcome.result is not None or (outcome.error and outcome.error != last_error):
             report(outcome)
+        # a generation that failed (the database down) may have written part of the tree: build once it works;
+        # a build that failed on the content waits for the next change
+        pending = outcome.generated is None
         first, last_error = False, outcome.error
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
