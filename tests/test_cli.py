@@ -173,6 +173,20 @@ def test_unwritable_output_path_is_a_clear_error_not_a_traceback(tmp_path):
     assert blocker.read_text() == "keep me\n"
 
 
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["show", "platform_check"], ["runs", "--limit", "3"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(args, database_url):
+    """`stackbook list | head -1`: the pipe closes before stackbook writes; exit 141 as a SIGPIPE'd writer, no error."""
+    import subprocess
+
+    from tests.conftest import STACKBOOK
+
+    proc = subprocess.Popen([STACKBOOK, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
+
+
 @pytest.mark.parametrize("args", [["run", "platform_check"], ["runs"], ["pipeline", "run", "daily"], ["book"]])
 def test_unreachable_database_is_exit_2_with_the_url_redacted(args):
     """A DATABASE_URL that does not answer: exit 2 before anything runs, the URL named without its password."""

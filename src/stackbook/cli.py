@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -22,6 +23,7 @@ import click
 from stackbook.errors import StackbookError
 
 EXIT_CANCELLED = 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer stopped by SIGPIPE (`git log | head`)
 
 
 def _emit_json(doc: Any) -> None:
@@ -40,6 +42,10 @@ def handle_errors(fn):
                 _emit_json({"error": str(exc), "exit_code": exc.exit_code, "kind": type(exc).__name__})
             click.echo(f"stackbook: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:  # the reader went away (`stackbook runs | head`): stop quietly, as cat does
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush into the closed pipe at exit
+            sys.exit(EXIT_BROKEN_PIPE)
         except OSError as exc:  # a path that cannot be read or written, a full disk: no traceback, exit 1
             where = f": {exc.filename}" if exc.filename else ""
             message = f"{exc.strerror or exc}{where}"
