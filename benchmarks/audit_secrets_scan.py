@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from stackbook.audit import secrets_scan as s
-    from stackbook.project import run_store_root
+    from stackbook.core.project import run_store_root
 
     known = s.known_secrets(args.env)
     store = Path(run_store_root()) / args.env

@@ -56,12 +56,12 @@ def main() -> int:
     make_copy(tmp)
     os.environ["STACKBOOK_PROJECT"] = str(tmp)
     os.environ.setdefault("STACKBOOK_HOME", str(ROOT / ".stackbook"))  # the database and the run store
-    from stackbook import catalog
+    from stackbook.core import catalog
     from stackbook.book import build, generate
 
     from datetime import datetime, timezone
 
-    from stackbook import db
+    from stackbook.run import db
     from stackbook.book import evidence
 
     target = catalog.find(args.runbook)

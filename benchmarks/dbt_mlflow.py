@@ -1,6 +1,6 @@
 """dbt's fixed start-up in build_warehouse, and MLflow log_model with pinned vs inferred requirements.
 
-1. dbt: each trial is a fresh Python process that runs ``stackbook.dbt.build()`` twice through the
+1. dbt: each trial is a fresh Python process that runs ``stackbook.transform.dbt.build()`` twice through the
    same in-process ``dbtRunner`` (the full project from ``raw`` into throwaway ``<prefix>staging`` and
    ``<prefix>marts``). The second build does the same SQL work without the process start-up (imports,
    adapter plugin, first parse); first minus second is the fixed start-up. The ``dbt build`` CLI of
@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core.privacy import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -35,7 +35,7 @@ ENV = {**os.environ, **TELEMETRY_OFF}
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from stackbook import dbt
+from stackbook.transform import dbt
 prefix = sys.argv[1]
 times = []
 for _ in range(2):
@@ -48,7 +48,8 @@ print(json.dumps({"first": times[0], "second": times[1], "nodes": len(result.row
 
 
 def dbt_trials(trials: int) -> dict:
-    from stackbook import db, dbt
+    from stackbook.run import db
+    from stackbook.transform import dbt
 
     prefix = f"bench_{uuid.uuid4().hex[:6]}_"
     rows = []
@@ -87,7 +88,7 @@ def log_model_trials(trials: int) -> dict:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    from stackbook import train
+    from stackbook.train import model as train
 
     trained = train.train("marts")
     experiment = f"bench_{uuid.uuid4().hex[:6]}"

@@ -21,7 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from stackbook import db, dr, pgcluster
+from stackbook.run import db, pgcluster
+from stackbook.dr import drill as dr
 
 
 def make_source(rows: int) -> str:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core.privacy import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAY = ROOT / "infra" / "k8s" / "overlays" / "prod"

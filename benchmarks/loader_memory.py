@@ -28,7 +28,7 @@ from loader_throughput import data_file  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys
-from stackbook import db
+from stackbook.run import db
 from stackbook.ingest import load_folder
 schema = sys.argv[2]
 try:

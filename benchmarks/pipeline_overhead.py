@@ -1,7 +1,7 @@
 """Pipeline overhead, side by side with its floors (medians of several runs).
 
 1. Ten small independent runbooks as one pipeline (`stackbook pipeline run --force`,
-   a fresh kernel per task through stackbook.runner, tasks in parallel) against the
+   a fresh kernel per task through stackbook.run.engine, tasks in parallel) against the
    same ten notebooks as ten `papermill` CLI processes one after another.
    Goal: pipeline / papermill <= 0.35.
 2. A no-change rerun of a pipeline (every task skipped by ploomber's metadata)
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core.privacy import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,7 +35,7 @@ N = 10
 
 
 def make_notebooks(folder: Path) -> list[Path]:
-    from stackbook.scaffold import write
+    from stackbook.core.scaffold import write
 
     paths = []
     for i in range(N):

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core.privacy import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -22,14 +22,14 @@ STACKBOOK = str(Path(sys.executable).parent / "stackbook")
 # run them through stackbook; nbmake must not collect them as runbooks.
 collect_ignore_glob = ["fixtures/*"]
 
-from stackbook.privacy import telemetry_off  # noqa: E402
+from stackbook.core.privacy import telemetry_off  # noqa: E402
 
 telemetry_off()
 
 
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    from stackbook import pgcluster
+    from stackbook.run import pgcluster
 
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]

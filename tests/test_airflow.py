@@ -96,7 +96,7 @@ def write_dag(spec_path: Path, out: Path, profile: str | None = None) -> Path:
 
 def test_dag_integrity_every_generated_file(airflow_ready, tmp_path):
     """Every generated DAG imports in Airflow 3, with the schedules, dependencies, retries and timeouts of the specs."""
-    from stackbook import catalog
+    from stackbook.core import catalog
     from stackbook.schedules import airflow, scheduled
 
     items = scheduled()

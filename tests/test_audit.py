@@ -376,7 +376,7 @@ def test_window_hours_from_metadata_and_cron():
 @pytest.fixture()
 def scratch_env(db):
     """A scratch environment name in the real ledger; its rows are deleted afterwards."""
-    from stackbook import ledger
+    from stackbook.run import ledger
 
     ledger.ensure_schema(db)
     env = f"audit-test-{uuid.uuid4().hex[:8]}"
@@ -481,7 +481,7 @@ def test_report_fail_on_thresholds_and_error_counts_as_failed():
 
 
 def test_report_run_writes_json_with_every_field(db, scratch_env, tmp_path, monkeypatch):
-    from stackbook import project
+    from stackbook.core import project
 
     out = tmp_path / "runs" / "x" / "20260101T000000-abcdef.ipynb"
     monkeypatch.setenv("STACKBOOK_RUN_OUTPUT", str(out))
@@ -508,7 +508,7 @@ def test_report_run_writes_json_with_every_field(db, scratch_env, tmp_path, monk
 
 
 def test_report_bad_input_is_a_usage_error():
-    from stackbook.errors import UsageError
+    from stackbook.core.errors import UsageError
 
     with pytest.raises(UsageError, match="unknown audit area 'network'"):
         audit_report.run("dev", areas=["network"], write=False)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from stackbook import catalog, project
-from stackbook import secrets as secrets_mod
+from stackbook.core import catalog, project
+from stackbook.run import scrub
 from stackbook.book import evidence, pages, toc
 from tests.conftest import ROOT, run_cli
 from tests import test_runbook_contract as contract_tests
@@ -102,7 +102,7 @@ def test_effective_toc_drops_unbuilt_and_appends_missing_runbooks():
 def scratch_env_rows(db):
     """Ledger rows in an environment name nobody else uses; deleted afterwards."""
     env = f"t_book_{uuid.uuid4().hex[:8]}"
-    from stackbook import ledger
+    from stackbook.run import ledger
 
     ledger.ensure_schema(db)
 
@@ -419,7 +419,7 @@ def test_new_refuses_to_overwrite_and_validates_names(blank_copy, database_url):
 
 
 def leaks(root: Path, value: str) -> list[str]:
-    forms = secrets_mod.forms(value)
+    forms = scrub.forms(value)
     found = set()
     for path in root.rglob("*"):
         if path.is_file():

@@ -17,7 +17,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
 
-from stackbook import catalog
+from stackbook.core import catalog
 from tests.conftest import ROOT, run_cli
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,4 +1,4 @@
-"""stackbook.dbt and build_warehouse against real dbt and the real PostgreSQL.
+"""stackbook.transform.dbt and build_warehouse against real dbt and the real PostgreSQL.
 
 Everything builds into throwaway schemas (``<prefix>staging``, ``<prefix>marts``) from a small
 raw Jaffle Shop written into a scratch schema; projects that are broken on purpose are temp
@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stackbook import dbt
+from stackbook.transform import dbt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,8 @@ def test_profiles_come_from_the_environment_without_the_password(database_url):
     folder = dbt.write_profiles("dev")
     assert folder == ROOT / ".stackbook" / "dbt" / "dev"
     text = (folder / "profiles.yml").read_text()
-    from stackbook import db, environments
+    from stackbook.run import db
+    from stackbook.core import environments
 
     assert f"threads: {environments.load('dev').get('dbt_threads')}" in text
     assert db.password(db.url()) not in text

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stackbook import db as sdb
-from stackbook import dr
+from stackbook.run import db as sdb
+from stackbook.dr import drill as dr
 
 
 def _databases(prefix: str) -> list[str]:
@@ -200,7 +200,7 @@ def test_schemas_select_what_is_backed_up(source):
 def test_targets_come_from_the_environment_file():
     import yaml
 
-    from stackbook import project
+    from stackbook.core import project
 
     data = yaml.safe_load((project.environments_dir() / "prod.yml").read_text())
     t = dr.targets("prod")

@@ -1,4 +1,4 @@
-"""stackbook.fastexit: an exit without module teardown still runs exit handlers, flushes and waits for threads."""
+"""stackbook.core.fastexit: an exit without module teardown still runs exit handlers, flushes and waits for threads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def run(code: str, tmp_path) -> subprocess.CompletedProcess:
 def test_exit_code_handlers_and_unflushed_output_survive(tmp_path):
     res = run("""
         import atexit, pathlib, sys
-        from stackbook.fastexit import run_then_exit
+        from stackbook.core.fastexit import run_then_exit
 
         atexit.register(lambda: pathlib.Path("handler-ran").write_text("yes"))
 
@@ -33,7 +33,7 @@ def test_exit_code_handlers_and_unflushed_output_survive(tmp_path):
 def test_a_message_exits_1_and_is_printed(tmp_path):
     res = run("""
         import sys
-        from stackbook.fastexit import run_then_exit
+        from stackbook.core.fastexit import run_then_exit
         run_then_exit(lambda: sys.exit("stackbook: error: something named"))
         """, tmp_path)
     assert res.returncode == 1
@@ -43,7 +43,7 @@ def test_a_message_exits_1_and_is_printed(tmp_path):
 def test_returning_normally_exits_0_and_a_running_thread_is_waited_for(tmp_path):
     res = run("""
         import pathlib, threading, time
-        from stackbook.fastexit import run_then_exit
+        from stackbook.core.fastexit import run_then_exit
 
         def late():
             time.sleep(0.5)

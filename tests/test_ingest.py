@@ -325,7 +325,7 @@ def test_line_endings_bom_and_blank_lines(tmp_path, db, scratch_schema, name, da
 
 
 def test_jaffle_generate_is_cached_and_keys_cover_every_file():
-    from stackbook.errors import UsageError
+    from stackbook.core.errors import UsageError
     from stackbook.ingest import jaffle
 
     folder = jaffle.generate(1)  # generated once per checkout (about a minute), then cached

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stackbook import environments
+from stackbook.core import environments
 from stackbook.audit import RULES
 from stackbook.audit import kubernetes as k8s_rules
 from stackbook.k8s import ClusterError, ManifestError, apply, render, resource_id, validate
-from stackbook.notebooks import Runbook
+from stackbook.core.notebooks import Runbook
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
 ENVS = ("dev", "staging", "prod")
@@ -132,7 +132,7 @@ def test_cronjobs_come_from_the_schedule_metadata(rendered):
 
 
 def test_the_real_catalogue_gives_one_cronjob_per_scheduled_runbook():
-    from stackbook import catalog
+    from stackbook.core import catalog
 
     scheduled = {rb.name for rb in catalog.all_runbooks() if rb.metadata.get("schedule")}
     manifests = render.render("dev")
@@ -279,7 +279,7 @@ def test_krm_exec_function_generates_the_cronjobs():
     assert krm.main(io.StringIO(yaml.safe_dump({"apiVersion": "config.kubernetes.io/v1", "kind": "ResourceList",
                                                 "items": [], "functionConfig": config})), out) == 0
     items = yaml.safe_load(out.getvalue())["items"]
-    from stackbook import catalog
+    from stackbook.core import catalog
 
     assert items == render.runbook_cronjobs(config, catalog.all_runbooks())
 

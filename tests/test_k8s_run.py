@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stackbook.errors import ParameterError, UsageError
+from stackbook.core.errors import ParameterError, UsageError
 
 
 def test_job_manifest_is_valid_and_compliant():
-    from stackbook import k8s_run
+    from stackbook.k8s import backend as k8s_run
     from stackbook.audit.kubernetes import check_all
     from stackbook.k8s.validate import validate_manifests
-    from stackbook.runner import RunOptions
+    from stackbook.run.engine import RunOptions
 
     job = k8s_run.job_manifest("platform_check", RunOptions(env="prod", cli_params=["min_runbooks=2"]),
                                token="abc123", run_store="s3://runs/prod")
@@ -30,8 +30,8 @@ def test_job_manifest_is_valid_and_compliant():
 
 
 def test_no_cluster_configured_is_a_usage_error(monkeypatch, tmp_path):
-    from stackbook import k8s_run
-    from stackbook.runner import RunOptions
+    from stackbook.k8s import backend as k8s_run
+    from stackbook.run.engine import RunOptions
 
     with pytest.raises(UsageError) as err:
         k8s_run.run("platform_check", RunOptions(env="dev"))
@@ -53,16 +53,16 @@ def test_no_cluster_configured_is_a_usage_error(monkeypatch, tmp_path):
 
 
 def test_bad_parameter_refused_before_any_cluster():
-    from stackbook import k8s_run
-    from stackbook.runner import RunOptions
+    from stackbook.k8s import backend as k8s_run
+    from stackbook.run.engine import RunOptions
 
     with pytest.raises(ParameterError):
         k8s_run.run("platform_check", RunOptions(env="dev", cli_params=["min_runbooks=many"]))
 
 
 def test_only_catalogue_runbooks_run_on_kubernetes():
-    from stackbook import k8s_run
-    from stackbook.runner import RunOptions
+    from stackbook.k8s import backend as k8s_run
+    from stackbook.run.engine import RunOptions
     from tests.conftest import ROOT
 
     with pytest.raises(UsageError) as err:
@@ -71,7 +71,7 @@ def test_only_catalogue_runbooks_run_on_kubernetes():
 
 
 def test_record_read_from_pod_log():
-    from stackbook.k8s_run import _record_from_logs
+    from stackbook.k8s.backend import _record_from_logs
 
     lines = ["stackbook: run 1-abc started", "{", '  "id": "1-abc",', '  "status": "failed"', "}",
              "stackbook: runbook 'x' failed"]

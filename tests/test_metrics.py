@@ -19,7 +19,7 @@ from tests.conftest import ROOT, STACKBOOK
 @pytest.fixture()
 def known_runs(db):
     """Three finished runs and one skipped row of a runbook name no one else uses; removed afterwards."""
-    from stackbook import ledger
+    from stackbook.run import ledger
 
     ledger.ensure_schema(db)
     name = f"metrics_{uuid.uuid4().hex[:8]}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stackbook import notebooks, params
-from stackbook.errors import NotebookError, ParameterError
+from stackbook.core import notebooks, params
+from stackbook.core.errors import NotebookError, ParameterError
 
 CELL = '''from typing import Literal
 

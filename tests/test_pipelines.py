@@ -135,7 +135,7 @@ def set_metadata(path: Path, **values) -> None:
 
 def test_changed_input_file_and_expired_product_rerun(tmp_path, db, database_url):
     """A file named in metadata `inputs` is part of the fingerprint; a product older than freshness_hours expires."""
-    from stackbook import project
+    from stackbook.core import project
     from stackbook.pipelines import run
 
     inputs = project.state_dir() / "tmp" / f"inputs-{uuid.uuid4().hex[:8]}"
@@ -174,7 +174,7 @@ def test_changed_input_file_and_expired_product_rerun(tmp_path, db, database_url
 
 def products_of(folder: Path, task: str) -> Path:
     """The ploomber metadata file of a task's notebook product."""
-    from stackbook import project
+    from stackbook.core import project
 
     found = [p for p in project.state_dir().glob(f"pipelines/*/dev/.{task}.ipynb.metadata")
              if folder.name in str(p)]
@@ -291,10 +291,10 @@ def test_list_and_show_the_daily_pipeline():
 
 
 def test_ploomber_stays_off_other_paths():
-    code = ("import sys; import stackbook.cli, stackbook.runner, stackbook.pipelines, stackbook.pipelines.cli, "
+    code = ("import sys; import stackbook.cli, stackbook.run.engine, stackbook.pipelines, stackbook.cli.pipeline, "
             "stackbook.pipelines.spec, stackbook.pipelines.fastpath, stackbook.pipelines.execute, stackbook.schedules, "
-            "stackbook.schedules.cli, stackbook.schedules.crontab, stackbook.schedules.airflow, "
-            "stackbook.schedules.kubernetes, stackbook.metrics, stackbook.k8s_run; "
+            "stackbook.cli.schedule, stackbook.schedules.crontab, stackbook.schedules.airflow, "
+            "stackbook.k8s.cronjobs, stackbook.run.metrics, stackbook.k8s.backend; "
             "assert 'ploomber' not in sys.modules, 'ploomber imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr

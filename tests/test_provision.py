@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from stackbook import db as sdb
-from stackbook import project, provision
+from stackbook.run import db as sdb
+from stackbook.core import project
+from stackbook.provision import warehouse as provision
 
 LOADER, TRANSFORMER, READER = (r.name for r in provision.ROLES)
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from stackbook import ledger
+from stackbook.run import ledger
 from tests.conftest import ROOT, STACKBOOK
 from tests.test_cli import nb
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stackbook import catalog, notebooks, project
+from stackbook.core import catalog, notebooks, project
 
 REQUIRED_METADATA = ("owner", "description", "schedule", "destructive", "exclusive", "timeout", "secrets", "tags")
 RUNBOOKS = catalog.paths()

@@ -43,7 +43,7 @@ def test_schedule_list_matches_metadata():
     assert res.code == 0, res
     items = {(i["kind"], i["name"]): i for i in res.json()}
     assert items[("pipeline", "daily")]["schedule"] == "0 6 * * *"
-    from stackbook import catalog
+    from stackbook.core import catalog
 
     scheduled = {rb.name for rb in catalog.all_runbooks() if rb.metadata.get("schedule")}
     assert {n for k, n in items if k == "runbook"} == scheduled
@@ -129,8 +129,8 @@ def test_platform_image_installs_from_the_lock_and_runs_as_the_manifests_uid():
     assert re.search(r'^ENTRYPOINT \[.*"stackbook"\]$', text, re.M)
 
     # every manifest stackbook generates runs as that UID
-    from stackbook import k8s_run
-    from stackbook.runner import RunOptions
+    from stackbook.k8s import backend as k8s_run
+    from stackbook.run.engine import RunOptions
     from stackbook.schedules import airflow as airflow_mod
     from stackbook.schedules import kubernetes as k8s_mod
 

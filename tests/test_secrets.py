@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from stackbook import project
-from stackbook import secrets as secrets_mod
+from stackbook.core import project
+from stackbook.run import scrub
 from tests.test_cli import nb
 
 
 def leaks(text: str, value: str) -> list[str]:
-    return sorted(f for f in secrets_mod.forms(value) if f in text)
+    return sorted(f for f in scrub.forms(value) if f in text)
 
 
 def store_text(root: Path) -> str:
@@ -33,12 +33,12 @@ def run_canary(cli, secret: str, extra_env: dict | None = None):
 
 def test_forms_cover_plain_base64_and_url_encoding():
     value = "p@ss/word+1="
-    found = secrets_mod.forms(value)
+    found = scrub.forms(value)
     assert {"p@ss/word+1=", "cEBzcy93b3JkKzE9", "p%40ss%2Fword%2B1%3D", "p%40ss/word%2B1%3D"} <= found
 
 
 def test_scrubber_replaces_every_form_in_nested_structures():
-    scrub = secrets_mod.Scrubber({"TOKEN": "hunter2-secret"})
+    scrub = scrub.Scrubber({"TOKEN": "hunter2-secret"})
     doc = {"a": ["x hunter2-secret y", {"aHVudGVyMi1zZWNyZXQ=": 1}], "b": 3}
     out = scrub.obj(doc)
     assert "hunter2" not in json.dumps(out) and "aHVudGVyMi1zZWNyZXQ" not in json.dumps(out)
@@ -87,16 +87,16 @@ def test_dotenv_and_process_environment_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("A", raising=False)
     monkeypatch.delenv("B", raising=False)
     monkeypatch.setenv("C", "from-process")
-    from stackbook import project
-    from stackbook.errors import SecretError
+    from stackbook.core import project
+    from stackbook.core.errors import SecretError
 
     project.root.cache_clear()
     try:
-        assert secrets_mod.collect(["A", "B", "C"], "dev") == {"A": "from-dotenv", "B": "quoted value",
+        assert scrub.collect(["A", "B", "C"], "dev") == {"A": "from-dotenv", "B": "quoted value",
                                                                "C": "from-process"}
-        assert secrets_mod.collect(["A"], "prod") == {"A": "from-prod-dotenv"}
+        assert scrub.collect(["A"], "prod") == {"A": "from-prod-dotenv"}
         with pytest.raises(SecretError) as err:
-            secrets_mod.collect(["A", "MISSING_ONE"], "dev", runbook="rb")
+            scrub.collect(["A", "MISSING_ONE"], "dev", runbook="rb")
         assert "MISSING_ONE" in str(err.value) and "from-dotenv" not in str(err.value)
     finally:
         project.root.cache_clear()

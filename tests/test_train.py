@@ -13,7 +13,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from stackbook import train
+from stackbook.train import model as train
 
 # mlflow 3.17's SQLAlchemy store still uses the deprecated noload strategy; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -80,7 +80,7 @@ def test_tracking_store_is_the_local_mlflow_database_through_psycopg3(database_u
     uri = train.tracking_uri()
     assert uri.startswith("postgresql+psycopg://") and uri.endswith("/mlflow")
     shown = train.describe_store()
-    from stackbook import db
+    from stackbook.run import db
 
     assert db.password(db.url()) not in shown["tracking_uri"] and ":***@" in shown["tracking_uri"]
     assert shown["artifacts"].endswith(".stackbook/mlflow/artifacts")

@@ -8,7 +8,7 @@ result to the run ledger (headless runs) or keeps it for the session
 
 from __future__ import annotations
 
-from stackbook.results import record, recorded
+from stackbook.core.results import record, recorded
 
 __all__ = ["record", "recorded", "__version__"]
 __version__ = "0.1.0"

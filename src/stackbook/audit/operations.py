@@ -243,7 +243,7 @@ def ledger_stats(conn, env: str, runbooks: Iterable[str]) -> tuple[dict[str, dic
 
 def catalogue() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Runbook metadata from the catalogue, and (path, error) for notebooks that cannot be read."""
-    from stackbook import catalog, notebooks, project
+    from stackbook.core import catalog, notebooks, project
 
     runbooks, broken = [], []
     for path in catalog.paths():
@@ -264,7 +264,7 @@ def context(env: str, conn=None, *, runbooks: list[dict] | None = None, dr_runbo
         runbooks, broken = catalogue()
     names = [rb["name"] for rb in runbooks]
     if conn is None:
-        from stackbook import db
+        from stackbook.run import db
 
         with db.connect() as own:
             stats, now = ledger_stats(own, env, names)

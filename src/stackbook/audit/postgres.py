@@ -385,9 +385,9 @@ def check_all(obs: dict, rules: Iterable[str] | None = None) -> list[Finding]:
 
 
 def audit(conn=None, *, admin_roles: Iterable[str] = (), all_databases: bool = True) -> list[Finding]:
-    """Observe the live database (``stackbook.db.connect()`` unless a connection is given) and check it."""
+    """Observe the live database (``stackbook.run.db.connect()`` unless a connection is given) and check it."""
     if conn is None:
-        from stackbook import db
+        from stackbook.run import db
 
         with db.connect() as own:
             return check_all(observe(own, admin_roles=admin_roles, all_databases=all_databases))

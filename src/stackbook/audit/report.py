@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets as _secrets
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from stackbook.audit import RULES, SEVERITIES, Finding, Rule, at_or_above, finding, register
-from stackbook.errors import StackbookError, UsageError
+from stackbook.core.errors import StackbookError, UsageError
 
 AREAS = ("kubernetes", "postgres", "secrets", "operations")
 FAILED = ("fail", "error")
@@ -80,7 +80,7 @@ def _area_kubernetes(env: str, opts: dict) -> list[Finding]:
     if manifests_dir:
         path = Path(manifests_dir)
         if not path.is_absolute() and not path.exists():
-            from stackbook import project
+            from stackbook.core import project
 
             path = project.root() / manifests_dir
         if not path.exists():
@@ -99,7 +99,7 @@ def _area_kubernetes(env: str, opts: dict) -> list[Finding]:
 
 def _rendered_manifests(env: str, k8s) -> tuple[list | None, str]:
     """The environment's manifests rendered from infra/k8s by ``stackbook.k8s.render``, or (None, why not)."""
-    from stackbook import project
+    from stackbook.core import project
 
     base = project.root() / "infra" / "k8s"
     if not base.exists():
@@ -309,14 +309,15 @@ class Report:
 
     def write(self, folder: Path | None = None) -> str:
         """Write the JSON report under ``.stackbook/audit/<env>/`` (and next to the run under the runner)."""
-        from stackbook import project, runstore
+        from stackbook.core import project
+        from stackbook.run import runstore
 
         folder = Path(folder) if folder else project.state_dir() / "audit" / self.env
         folder.mkdir(parents=True, exist_ok=True)
         stamp = self.generated_at.replace("-", "").replace(":", "").replace("+0000", "Z")
         path = folder / f"{stamp}.json"
         if path.exists():
-            path = folder / f"{stamp}-{_secrets.token_hex(2)}.json"
+            path = folder / f"{stamp}-{secrets.token_hex(2)}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(self.to_json(), encoding="utf-8")
         os.replace(tmp, path)
@@ -336,8 +337,8 @@ def _rule_dict(rule: Rule) -> dict[str, Any]:
 
 def environment_settings(env: str) -> dict[str, Any]:
     """The environment file's ``audit`` mapping (empty when the file or the key is missing)."""
-    from stackbook import environments
-    from stackbook.errors import EnvironmentFileError
+    from stackbook.core import environments
+    from stackbook.core.errors import EnvironmentFileError
 
     try:
         data = environments.load(env).get("audit") or {}
@@ -366,7 +367,7 @@ def _database_label(conn=None) -> str | None:
             return f"{i.user}@{i.host}:{i.port}/{i.dbname}"
         from urllib.parse import urlsplit
 
-        from stackbook import db
+        from stackbook.run import db
 
         u = urlsplit(db.url())
         return f"{u.username}@{u.hostname}:{u.port}{u.path}"
@@ -377,7 +378,7 @@ def _database_label(conn=None) -> str | None:
 def _git_commit() -> str | None:
     import subprocess
 
-    from stackbook import project
+    from stackbook.core import project
 
     try:
         out = subprocess.run(["git", "-C", str(project.root()), "rev-parse", "HEAD"], capture_output=True,
@@ -396,8 +397,8 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
     ``audit.severity``; ``admin_roles`` adds to its ``audit.admin_roles``. Nothing raises for a failing
     check: call ``Report.check()``.
     """
-    from stackbook import environments
-    from stackbook.secrets import Scrubber
+    from stackbook.core import environments
+    from stackbook.run.scrub import Scrubber
 
     env = env or environments.current().name
     if fail_on not in SEVERITIES:

@@ -177,7 +177,7 @@ class Hit:
 
 
 def _known_pattern(known: dict[str, str]) -> tuple[re.Pattern | None, dict[str, str]]:
-    from stackbook.secrets import MIN_SECRET_LENGTH, forms
+    from stackbook.run.scrub import MIN_SECRET_LENGTH, forms
 
     by_form: dict[str, str] = {}
     for name, value in (known or {}).items():
@@ -414,7 +414,8 @@ def known_secrets(env: str) -> dict[str, str]:
     """Values that are secrets for sure: the database password and every secret a runbook declares
     (``secrets`` and ``optional_secrets``) that this environment provides (process environment,
     ``.env.<env>``, ``.env``)."""
-    from stackbook import catalog, db, secrets
+    from stackbook.core import catalog
+    from stackbook.run import db, scrub
 
     known: dict[str, str] = {}
     try:
@@ -426,7 +427,7 @@ def known_secrets(env: str) -> dict[str, str]:
     names: set[str] = set()
     for path in catalog.paths():
         try:
-            from stackbook import notebooks
+            from stackbook.core import notebooks
 
             meta = notebooks.load(path).metadata
             names.update((meta.get("secrets") or []) + (meta.get("optional_secrets") or []))
@@ -434,7 +435,7 @@ def known_secrets(env: str) -> dict[str, str]:
             continue
     for name in sorted(names):
         try:
-            known.update(secrets.collect([name], env))
+            known.update(scrub.collect([name], env))
         except Exception:
             continue
     return known
@@ -443,7 +444,8 @@ def known_secrets(env: str) -> dict[str, str]:
 def context(env: str, *, root: Path | None = None, run_store: str | None = None,
             known: dict[str, str] | None = None, allowlist: Iterable[str] | None = None) -> dict:
     """What the secrets rules need: repository root, run-store folder of ``env``, known values, allow-list."""
-    from stackbook import environments, project, runstore
+    from stackbook.core import environments, project
+    from stackbook.run import runstore
 
     root = Path(root or project.root())
     if run_store is None:

@@ -22,7 +22,7 @@ Modules, one concern each:
 
 from __future__ import annotations
 
-from stackbook.errors import StackbookError, UsageError
+from stackbook.core.errors import StackbookError, UsageError
 
 
 class BookError(StackbookError):

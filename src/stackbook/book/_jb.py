@@ -15,7 +15,7 @@ rebuild after one runbook changed:
   placeholders: about 0.2 s.
 
 And the process ends without tearing its 1,200 modules down
-(``stackbook.fastexit``): 0.4 to 0.6 s here, a quarter of a rebuild.
+(``stackbook.core.fastexit``): 0.4 to 0.6 s here, a quarter of a rebuild.
 """
 
 import sys
@@ -53,6 +53,6 @@ if __name__ == "__main__":
     prepare()
     from jupyter_book.cli.main import main
 
-    from stackbook.fastexit import run_then_exit
+    from stackbook.core.fastexit import run_then_exit
 
     run_then_exit(main)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stackbook.book import BookError
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core.privacy import TELEMETRY_OFF
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _UPDATED = re.compile(r"updating environment: (?:\[[^\]]*\] )?(\d+) added, (\d+) changed, (\d+) removed")

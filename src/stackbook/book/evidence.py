@@ -135,7 +135,7 @@ class Ledger:
 
 def read(conn, env: str, runbooks: list[str], now: datetime | None = None) -> Ledger:
     """The rows the book needs; ``runbooks`` limits the per-runbook rows (history covers every runbook)."""
-    from stackbook import ledger
+    from stackbook.run import ledger
 
     ledger.ensure_schema(conn)
     cols = ", ".join(_COLUMNS)

@@ -24,8 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from stackbook import catalog, notebooks, project, runstore
-from stackbook import secrets as secrets_mod
+from stackbook.core import catalog, notebooks, project
+from stackbook.run import runstore
+from stackbook.run import scrub
 from stackbook.book import BookError, charts, evidence, pages, toc
 
 log = logging.getLogger("stackbook.book")
@@ -98,7 +99,7 @@ class Generated:
 class _Writer:
     """Writes files under ``src`` only when their bytes differ; remembers every path it was given."""
 
-    def __init__(self, src: Path, scrubber: secrets_mod.Scrubber, result: Generated):
+    def __init__(self, src: Path, scrubber: scrub.Scrubber, result: Generated):
         self.src, self.scrub, self.result, self.seen = src, scrubber, result, set()
 
     def text(self, rel: str, text: str) -> None:
@@ -147,24 +148,24 @@ class _Writer:
                 path.rmdir()
 
 
-def _scrubber(runbooks: list[notebooks.Runbook], env: str) -> secrets_mod.Scrubber:
+def _scrubber(runbooks: list[notebooks.Runbook], env: str) -> scrub.Scrubber:
     """Every secret value this process can see, so that a page can never show one."""
     values: dict[str, str] = {}
     for name in sorted({s for rb in runbooks
                         for s in (rb.metadata.get("secrets") or []) + (rb.metadata.get("optional_secrets") or [])}):
         try:
-            values.update(secrets_mod.collect([name], env))
-        except secrets_mod.SecretError:
+            values.update(scrub.collect([name], env))
+        except scrub.SecretError:
             pass  # not set here: nothing of it to scrub
     try:
-        from stackbook import db
+        from stackbook.run import db
 
         password = db.password(db.url())
         if password:
             values.setdefault("DATABASE_PASSWORD", password)
     except Exception:  # no database configured: nothing to scrub from it
         pass
-    return secrets_mod.Scrubber(values)
+    return scrub.Scrubber(values)
 
 
 def page_entry(rb: notebooks.Runbook, root: Path) -> str:
@@ -243,7 +244,7 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
     if ledger is not None:
         pass  # read by the caller (benchmarks: the same evidence for every round)
     elif conn is None:
-        from stackbook import db
+        from stackbook.run import db
 
         with db.connect() as own:
             ledger = evidence.read(own, env, names, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stackbook import catalog, project, scaffold
+from stackbook.core import catalog, project, scaffold
 from stackbook.book import BookUsageError, toc
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

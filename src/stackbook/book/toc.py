@@ -14,7 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any, Iterator
 
-from stackbook import project
+from stackbook.core import project
 from stackbook.book import BookError
 
 TOC_NAME = "_toc.yml"

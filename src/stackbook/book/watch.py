@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from stackbook.book import build, generate
-from stackbook.errors import StackbookError
+from stackbook.core.errors import StackbookError
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from stackbook.errors import UsageError
+from stackbook.core.errors import UsageError
 
 BLOCK = 1 << 20
 MAX_RECORD_LINES = 10_000  # a quoted field longer than this many lines is taken as an unterminated quote

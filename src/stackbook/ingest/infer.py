@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from stackbook.errors import UsageError
+from stackbook.core.errors import UsageError
 
 LOGICAL_TYPES = ("boolean", "integer", "numeric", "date", "timestamp", "timestamptz", "text")
 

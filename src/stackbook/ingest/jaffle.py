@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stackbook import project
-from stackbook.errors import StackbookError, UsageError
+from stackbook.core import project
+from stackbook.core.errors import StackbookError, UsageError
 
 #: table -> key columns of every file jafgen writes (supplies: one row per supply and product)
 KEYS: dict[str, list[str]] = {

@@ -57,7 +57,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import psycopg
 from psycopg import sql
 
-from stackbook.errors import UsageError
+from stackbook.core.errors import UsageError
 from stackbook.ingest import csvfile, infer, manifest
 from stackbook.ingest.report import LoadError, LoadReport
 
@@ -83,7 +83,7 @@ class FileError(LoadError):
 def _resolve_source(source_dir: str | Path) -> Path:
     path = Path(source_dir).expanduser()
     if not path.is_absolute():
-        from stackbook import project
+        from stackbook.core import project
 
         path = project.root() / path
     if not path.is_dir():
@@ -114,7 +114,7 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
     """Load every ``pattern`` file of ``source_dir`` into ``schema`` (see the module docstring).
 
     ``keys``: table -> key column(s). ``spec``: a dict or YAML/JSON file of column types (see
-    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root. ``conn``: a psycopg connection (default: ``stackbook.db.connect()``).
+    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root. ``conn``: a psycopg connection (default: ``stackbook.run.db.connect()``).
     ``force``: load files even when unchanged. Raises :class:`TooManyBadRows` or :class:`LoadError`
     (with ``.report``) after every file was handled when a file was rejected or failed; with
     ``check=False`` it returns the report instead and ``report.check()`` raises the same error later
@@ -138,14 +138,14 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
         by_table[t] = f
     key_map = _normalise_keys(keys, list(by_table), source)
     if isinstance(spec, (str, Path)) and spec and not Path(spec).expanduser().is_absolute():
-        from stackbook import project
+        from stackbook.core import project
 
         spec = project.root() / spec
     specs = infer.load_spec(spec)
 
     own = conn is None
     if own:
-        from stackbook import db
+        from stackbook.run import db
 
         conn = db.connect()
     report = LoadReport(schema=schema, source_dir=str(source), max_bad_ratio=float(max_bad_ratio))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackbook.errors import StackbookError
+from stackbook.core.errors import StackbookError
 
 QUARANTINE = "_stackbook_quarantine"  # same as stackbook.ingest.manifest.QUARANTINE
 

@@ -10,7 +10,7 @@ from stackbook.ingest import manifest
 def _conn(conn):
     if conn is not None:
         return conn, False
-    from stackbook import db
+    from stackbook.run import db
 
     return db.connect(), True
 

@@ -8,7 +8,7 @@ rules of the compliance audit live in ``stackbook.audit.kubernetes``.
 
 from __future__ import annotations
 
-from stackbook.errors import StackbookError, UsageError
+from stackbook.core.errors import StackbookError, UsageError
 
 # The Kubernetes version manifests are validated against (kubernetes-validate
 # 1.37 ships schemas for 1.25 to 1.37; the kubernetes client 37 speaks 1.37).

@@ -16,7 +16,7 @@ import sys
 def main(stdin=None, stdout=None) -> int:
     import yaml
 
-    from stackbook.errors import StackbookError
+    from stackbook.core.errors import StackbookError
     from stackbook.k8s.render import runbook_cronjobs
 
     stdin = stdin or sys.stdin
@@ -24,7 +24,7 @@ def main(stdin=None, stdout=None) -> int:
     resource_list = yaml.safe_load(stdin.read()) or {}
     config = resource_list.get("functionConfig") or {}
     try:
-        from stackbook import catalog
+        from stackbook.core import catalog
 
         generated = runbook_cronjobs(config, catalog.all_runbooks(), "RunbookCronJobs")
     except StackbookError as exc:

@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from stackbook import project
+from stackbook.core import project
 from stackbook.k8s import ManifestError, resource_id
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -326,7 +326,7 @@ def cronjob_name(runbook: str) -> str:
 def runbook_cronjobs(spec: dict, runbooks: Iterable[Any], where: Path | str = "RunbookCronJobs") -> list[dict]:
     """One CronJob per runbook with a ``schedule``, from the generator's ``template``.
 
-    ``runbooks`` are ``stackbook.notebooks.Runbook`` objects (anything with
+    ``runbooks`` are ``stackbook.core.notebooks.Runbook`` objects (anything with
     ``name`` and ``metadata``).
     """
     from croniter import croniter
@@ -368,7 +368,7 @@ def runbook_cronjobs(spec: dict, runbooks: Iterable[Any], where: Path | str = "R
 def _run_generator(doc: dict, path: Path, runbooks: list | None) -> list[dict]:
     if doc.get("kind") == "RunbookCronJobs":
         if runbooks is None:
-            from stackbook import catalog
+            from stackbook.core import catalog
 
             runbooks = catalog.all_runbooks()
         return runbook_cronjobs(doc, runbooks, path)

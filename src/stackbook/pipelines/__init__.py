@@ -14,7 +14,7 @@ ploomber's ``DAGSpec`` (placeholder expansion, key validation), builds a
 ploomber ``DAG`` of :class:`~stackbook.pipelines.dag.RunbookTask` and lets
 ploomber's product metadata decide which tasks are up to date; :mod:`.execute`
 runs the outdated tasks with a small topological thread executor that calls
-:func:`stackbook.runner.execute` for every attempt. Ploomber's own executors
+:func:`stackbook.run.engine.execute` for every attempt. Ploomber's own executors
 are not used: its serial executor has no parallelism, and its parallel one
 forks worker processes, which would bypass the runner's ledger connection,
 locks and secret scrubbing. Swapping ploomber out means rewriting :mod:`.dag`

@@ -7,7 +7,7 @@ the product metadata ploomber keeps beside each product (``.<file>.metadata``:
 the source it was built from, its parameters, a timestamp). ``DAG.render``
 marks a task ``Skipped`` when its source and parameters match the metadata and
 no upstream product is newer or outdated. Not used: ploomber's executors and
-``NotebookRunner`` (execution goes through :mod:`stackbook.runner`, see
+``NotebookRunner`` (execution goes through :mod:`stackbook.run.engine`, see
 :mod:`stackbook.pipelines.execute`).
 
 Products: relative product paths are placed under
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from stackbook import privacy, project, runner
-from stackbook.errors import StackbookError, UsageError
+from stackbook.core import privacy, project
+from stackbook.run import engine as runner
+from stackbook.core.errors import StackbookError, UsageError
 from stackbook.pipelines.spec import PipelineSpec, PipelineSpecError
 
 def import_ploomber():
@@ -58,7 +59,7 @@ def runbook_source_text(path: Path) -> str:
     a change to a file matched by ``metadata.stackbook.inputs`` (globs relative to the project root,
     e.g. ``pipelines/dbt/**`` for the runbook that builds the dbt project).
     """
-    from stackbook import notebooks
+    from stackbook.core import notebooks
 
     nb = notebooks.read_json(path)
     cells = [notebooks.cell_source(c) for c in nb["cells"] if c.get("cell_type") == "code"]
@@ -121,7 +122,7 @@ class Plan:
 
         Returns the products that are still missing (the task is then treated as failed).
         """
-        from stackbook import runstore
+        from stackbook.run import runstore
 
         task = self.tasks[name]
         nb_path = task.products["nb"]
@@ -249,7 +250,7 @@ class _Ploomber:
                 return self._path.stem
 
         class RunbookTask(Task):
-            """A runbook in a ploomber DAG. ploomber plans it; stackbook.runner executes it."""
+            """A runbook in a ploomber DAG. ploomber plans it; stackbook.run.engine executes it."""
 
             def __init__(self, source, product, dag, name=None, params=None):
                 self._source = type(self)._init_source(source, {})

@@ -1,6 +1,6 @@
-"""Running a planned pipeline: a small topological executor over stackbook.runner.
+"""Running a planned pipeline: a small topological executor over stackbook.run.engine.
 
-Every attempt of every task is ``stackbook.runner.execute`` (the path of
+Every attempt of every task is ``stackbook.run.engine.execute`` (the path of
 ``stackbook run``: parameters checked up front, secrets, ledger row, lock of
 exclusive runbooks, scrubbing), with the pipeline run's id and the attempt
 number on its ledger row. Independent tasks run in worker threads (at most
@@ -24,8 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from stackbook import ledger, runner
-from stackbook.errors import RefusedError
+from stackbook.run import ledger, engine as runner
+from stackbook.core.errors import RefusedError
 from stackbook.pipelines import dag as dag_mod
 from stackbook.pipelines import fastpath
 from stackbook.pipelines.spec import load_spec
@@ -105,7 +105,7 @@ def run_pipeline(name: str, *, env: str = "dev", profile: str | None = None, for
 
     Raises UsageError (exit 2, nothing ran) when the spec, a runbook, a parameter or a secret is wrong.
     """
-    from stackbook import db
+    from stackbook.run import db
 
     emit: Event = on_event or (lambda kind, details: None)
     spec = load_spec(name)

@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stackbook import runner
-from stackbook.errors import StackbookError, UsageError
+from stackbook.run import engine as runner
+from stackbook.core.errors import StackbookError, UsageError
 from stackbook.pipelines.spec import PipelineSpec
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

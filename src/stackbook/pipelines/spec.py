@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackbook import project
-from stackbook.errors import UsageError
+from stackbook.core import project
+from stackbook.core.errors import UsageError
 
 SPEC_FILENAME = "pipeline.yaml"
 STACKBOOK_KEY = "stackbook"  # our extras; stripped before ploomber sees the spec
@@ -110,7 +110,7 @@ class PipelineSpec:
 
     def resolve_source(self, source: str) -> Path:
         """The notebook of a task: a runbook name from the catalogue, or a path (relative to the spec first)."""
-        from stackbook import catalog
+        from stackbook.core import catalog
 
         if source.endswith(".ipynb") or "/" in source:
             here = (self.folder / source)

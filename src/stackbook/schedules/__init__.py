@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackbook.errors import StackbookError
+from stackbook.core.errors import StackbookError
 
 DEFAULT_SCHEDULE_ENV = "prod"
 
@@ -60,7 +60,7 @@ class Scheduled:
 
 def from_pipeline(spec) -> Scheduled:
     """A pipeline as a scheduled item; its secrets are those of its runbooks, its timeout their sum."""
-    from stackbook import catalog
+    from stackbook.core import catalog
 
     secrets: list[str] = []
     timeouts: list[float] = []
@@ -80,7 +80,7 @@ def from_pipeline(spec) -> Scheduled:
 
 def scheduled(kinds: tuple[str, ...] = ("pipeline", "runbook")) -> list[Scheduled]:
     """Every pipeline and runbook that has a schedule, pipelines first, by name."""
-    from stackbook import catalog
+    from stackbook.core import catalog
     from stackbook.pipelines.spec import all_pipelines
 
     out: list[Scheduled] = []

@@ -31,8 +31,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stackbook import project
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core import project
+from stackbook.core.privacy import TELEMETRY_OFF
 from stackbook.schedules import DEFAULT_SCHEDULE_ENV, Scheduled, scheduled
 
 DEFAULT_OUT = Path("infra") / "airflow" / "dags"
@@ -182,8 +182,8 @@ def _task_line(var: str, task_id: str, args: list[str], retries: int, delay: flo
 
 
 def _runbook_meta(ref: str) -> dict:
-    from stackbook import catalog
-    from stackbook.errors import StackbookError
+    from stackbook.core import catalog
+    from stackbook.core.errors import StackbookError
 
     try:
         return catalog.load(ref).metadata

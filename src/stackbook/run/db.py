@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from stackbook import pgcluster
-from stackbook.errors import DatabaseUnavailable
+from stackbook.run import pgcluster
+from stackbook.core.errors import DatabaseUnavailable
 
 
 def url(dbname: str = "stackbook") -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stackbook.errors import ParameterError
-from stackbook.notebooks import Parameter, Runbook
+from stackbook.core.errors import ParameterError
+from stackbook.core.notebooks import Parameter, Runbook
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from stackbook import db, project
-from stackbook.errors import StackbookError
+from stackbook.run import db
+from stackbook.core import project
+from stackbook.core.errors import StackbookError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -294,7 +295,7 @@ def pinned_requirements() -> list[str]:
 
 
 def _git_commit() -> str | None:
-    from stackbook.runner import git_commit
+    from stackbook.run.engine import git_commit
 
     return git_commit()
 

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import json
 import re
-import secrets as _secrets
+import secrets
 import sys
 import time
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from stackbook import catalog, environments, ledger, params as params_mod, project, runstore
-from stackbook.errors import StackbookError, UsageError
-from stackbook.runner import RunOptions, check_approval
+from stackbook.core import catalog, environments, params as params_mod, project
+from stackbook.run import ledger, runstore
+from stackbook.core.errors import StackbookError, UsageError
+from stackbook.run.engine import RunOptions, check_approval
 
 JOB_LABEL = "stackbook.dev/run"
 RUN_STORE_SECRET = "stackbook-run-store"
@@ -81,7 +82,7 @@ def job_manifest(name: str, options: RunOptions, token: str | None = None, run_s
     values = params_mod.resolve(runbook, cli=options.cli_params, file_values={**file_values, **options.extra_params},
                                 env_shared=env.shared_params, env_runbook=env.runbook_params(runbook.name))
     check_approval(runbook, env, values, options.approved_by)
-    token = token or _secrets.token_hex(3)
+    token = token or secrets.token_hex(3)
     pseudo = SimpleNamespace(name=runbook.name, metadata={"schedule": "@daily",
                                                           "timeout": options.timeout or runbook.metadata.get("timeout"),
                                                           "secrets": list(runbook.metadata.get("secrets") or [])})
@@ -181,7 +182,7 @@ def run(name: str, options: RunOptions | None = None, on_start: Callable[[str], 
                 log(line)
     status = _wait_for_job(batch, namespace, job["metadata"]["name"])
     record = _record_from_logs(lines)
-    from stackbook import db
+    from stackbook.run import db
 
     with db.connect() as conn:
         ledger.ensure_schema(conn)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stackbook.cli import _emit_json, _sigterm_as_interrupt, handle_errors
+from stackbook.cli.common import emit_json, sigterm_as_interrupt, handle_errors
 
 
 @click.command()
@@ -42,7 +42,7 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src
     long-running process after every change (under a second for one runbook),
     and a failed build is reported without stopping the watch.
     """
-    from stackbook import catalog, environments, project
+    from stackbook.core import catalog, environments, project
     from stackbook.book import build as build_mod
     from stackbook.book import generate as gen
     from stackbook.book import toc
@@ -75,7 +75,7 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src
         "toc_missing": generated.toc_missing, "toc_stale": generated.toc_stale,
     }
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
     else:
         if not result.log:
             click.echo(f"book for {env} is up to date (nothing changed since the last build): {index}")
@@ -120,7 +120,7 @@ def _watch(env: str, src: Path, out: Path, paths: list[Path] | None, *, interval
 
     click.echo(f"stackbook: watching runbooks, book/, _config.yml, _toc.yml and the ledger of {env} "
                f"every {interval:g} s; Ctrl-C stops", err=True)
-    _sigterm_as_interrupt()  # a service manager's stop ends the watch as Ctrl-C does
+    sigterm_as_interrupt()  # a service manager's stop ends the watch as Ctrl-C does
     try:
         watch_mod.watch(env, src, out, report=report, runbook_paths=paths, interval=interval, fresh=fresh)
     except KeyboardInterrupt:
@@ -146,7 +146,7 @@ def new(spec: str, owner: str, title: str | None, description: str | None, as_js
     path, toc_changed = new_mod.create(spec, owner=owner, title=title, description=description)
     entry = toc.runbook_entry(path)
     if as_json:
-        _emit_json({"path": str(path), "name": path.stem, "toc_entry": entry, "toc_changed": toc_changed})
+        emit_json({"path": str(path), "name": path.stem, "toc_entry": entry, "toc_changed": toc_changed})
         return
     click.echo(f"created {path}")
     click.echo(f"  listed in _toc.yml as {entry}" if toc_changed else f"  {entry} was listed in _toc.yml already")

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from stackbook import catalog, environments, ledger, notebooks, params as params_mod, project, runstore
-from stackbook import secrets as secrets_mod
-from stackbook.errors import RefusedError, UsageError  # noqa: F401 (re-exported)
-from stackbook.privacy import TELEMETRY_OFF
-from stackbook.results import RESULTS_ENV, read_results_file
+from stackbook.core import catalog, environments, notebooks, params as params_mod, project
+from stackbook.run import ledger, runstore
+from stackbook.run import scrub
+from stackbook.core.errors import RefusedError, UsageError  # noqa: F401 (re-exported)
+from stackbook.core.privacy import TELEMETRY_OFF
+from stackbook.core.results import RESULTS_ENV, read_results_file
 
-log = logging.getLogger("stackbook.runner")
+log = logging.getLogger("stackbook.run.engine")
 
 AUTOSAVE_EVERY_S = 10.0
 TIMEOUT_GRACE_S = 10.0
@@ -91,8 +92,8 @@ def prepare(name: str, options: RunOptions) -> Prepared:
         env_runbook=env.runbook_params(runbook.name),
     )
     check_approval(runbook, env, values, options.approved_by)
-    found = secrets_mod.collect(runbook.metadata.get("secrets", []), env.name, runbook.name)
-    found.update(secrets_mod.collect_optional(runbook.metadata.get("optional_secrets", []), env.name))
+    found = scrub.collect(runbook.metadata.get("secrets", []), env.name, runbook.name)
+    found.update(scrub.collect_optional(runbook.metadata.get("optional_secrets", []), env.name))
     return Prepared(runbook=runbook, env=env, params=values, secrets=found, options=options)
 
 
@@ -186,7 +187,7 @@ def execute(prep: Prepared, on_start: Callable[[str], None] | None = None) -> di
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-    from stackbook import db
+    from stackbook.run import db
 
     opts, runbook, env = prep.options, prep.runbook, prep.env
     database_url = db.url()
@@ -194,7 +195,7 @@ def execute(prep: Prepared, on_start: Callable[[str], None] | None = None) -> di
     db_password = db.password(database_url)
     if db_password:
         scrub_values.setdefault("DATABASE_PASSWORD", db_password)
-    scrubber = secrets_mod.Scrubber(scrub_values, enabled=os.environ.get(UNSAFE_NO_SCRUB_ENV) != "1")
+    scrubber = scrub.Scrubber(scrub_values, enabled=os.environ.get(UNSAFE_NO_SCRUB_ENV) != "1")
 
     conn = db.connect()
     ledger.ensure_schema(conn)
@@ -428,7 +429,7 @@ class _LogScrubber(logging.Filter):
 
     _active: list = []
 
-    def __init__(self, scrubber: secrets_mod.Scrubber):
+    def __init__(self, scrubber: scrub.Scrubber):
         super().__init__()
         self.scrubber = scrubber
 
@@ -438,7 +439,7 @@ class _LogScrubber(logging.Filter):
         return True
 
     @classmethod
-    def install(cls, scrubber: secrets_mod.Scrubber, log_output: bool):
+    def install(cls, scrubber: scrub.Scrubber, log_output: bool):
         flt = cls(scrubber)
         for handler in logging.getLogger().handlers:
             handler.addFilter(flt)

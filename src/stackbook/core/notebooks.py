@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackbook.errors import NotebookError
+from stackbook.core.errors import NotebookError
 
 PARAMETERS_TAG = "parameters"
 SIMPLE_TYPES = ("int", "float", "bool", "str", "list", "dict")

@@ -5,21 +5,21 @@ from __future__ import annotations
 import os
 import sys
 
-from stackbook import catalog, environments, project
-from stackbook import secrets as secrets_mod
-from stackbook.results import RESULTS_ENV
-from stackbook.privacy import TELEMETRY_OFF
+from stackbook.core import catalog, environments, project
+from stackbook.run import scrub
+from stackbook.core.results import RESULTS_ENV
+from stackbook.core.privacy import TELEMETRY_OFF
 
 
 def lab_environment(env_name: str) -> dict[str, str]:
     """DATABASE_URL, STACKBOOK_* and every secret any runbook declares (those that are set)."""
-    from stackbook import db
+    from stackbook.run import db
 
     env = environments.load(env_name)
     names = sorted({s for rb in catalog.all_runbooks()
                     for s in rb.metadata.get("secrets", []) + rb.metadata.get("optional_secrets", [])})
     # a runbook that needs a missing one says so when it runs
-    found = secrets_mod.collect_optional(names, env.name)
+    found = scrub.collect_optional(names, env.name)
     lab_dir = project.state_dir() / "lab"
     lab_dir.mkdir(exist_ok=True)
     return {

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackbook import project
-from stackbook.errors import EnvironmentFileError
+from stackbook.core import project
+from stackbook.core.errors import EnvironmentFileError
 
 DEFAULT_ENV = "dev"
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from stackbook.cli import _emit_json, _sigterm_as_interrupt, _table, handle_errors
+from stackbook.cli.common import emit_json, sigterm_as_interrupt, table, handle_errors
 
 
 @click.group()
@@ -31,10 +31,10 @@ def list_(as_json: bool) -> None:
 
     items = [p.summary() for p in all_pipelines()]
     if as_json:
-        _emit_json(items)
+        emit_json(items)
         return
     rows = [{**i, "tasks": ", ".join(i["tasks"])} for i in items]
-    click.echo(_table(rows, ["name", "schedule", "description", "tasks"]))
+    click.echo(table(rows, ["name", "schedule", "description", "tasks"]))
 
 
 @pipeline.command()
@@ -48,7 +48,7 @@ def show(name: str, as_json: bool) -> None:
     spec = load_spec(name)
     doc = spec.to_dict()
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     click.echo(f"{spec.name}: {spec.description}")
     click.echo(f"  path: {spec.path}")
@@ -63,7 +63,7 @@ def show(name: str, as_json: bool) -> None:
         rows.append({"task": t.name, "runbook": t.source, "upstream": ", ".join(t.upstream),
                      "params": json.dumps(t.params) if t.params else ""})
     click.echo("")
-    click.echo(_table(rows, ["task", "runbook", "upstream", "params"]))
+    click.echo(table(rows, ["task", "runbook", "upstream", "params"]))
 
 
 def _printer(as_json: bool):
@@ -106,18 +106,18 @@ def run(name, env, profile, force, parallel, as_json) -> None:
     """
     from stackbook.pipelines.execute import run_pipeline
 
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     summary = run_pipeline(name, env=env, profile=profile, force=force, parallel=parallel,
                            on_event=_printer(as_json))
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
     else:
         click.echo(f"pipeline {summary['pipeline']} run {summary['pipeline_run_id']} on {env}: {summary['status']} "
                    f"in {summary['duration_s']:.1f} s")
         rows = [{"task": t["name"], "status": t["status"], "run": t["run_id"] or "",
                  "attempts": t["attempts"] or "", "why": t["reason"] if t["status"] != "succeeded" else t["why"]}
                 for t in summary["tasks"]]
-        click.echo(_table(rows, ["task", "status", "attempts", "run", "why"]))
+        click.echo(table(rows, ["task", "status", "attempts", "run", "why"]))
     if summary["status"] != "succeeded":
         click.echo(f"stackbook: pipeline {summary['pipeline']} failed: task(s) {', '.join(summary['failed'])} "
                    f"did not succeed (see `stackbook runs --pipeline-run {summary['pipeline_run_id']}`)", err=True)

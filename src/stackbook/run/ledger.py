@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets as _secrets
+import secrets
 import signal
 import socket
 import threading
@@ -67,7 +67,7 @@ _ready: set[str] = set()
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time then random hex."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + _secrets.token_hex(3)
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def hostname() -> str:
@@ -245,7 +245,7 @@ def reap(conn, timeout_s: float | None = None) -> list[str]:
 
 def _remove_run_files(run_id: str) -> None:
     """A dead runner's scratch files: results, kernel connection file and sockets."""
-    from stackbook import project
+    from stackbook.core import project
 
     for path in (project.state_dir() / "tmp").glob(f"{run_id}.*"):
         try:

@@ -24,8 +24,8 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stackbook import project
-from stackbook.errors import ClusterError, DatabaseUnavailable
+from stackbook.core import project
+from stackbook.core.errors import ClusterError, DatabaseUnavailable
 
 OS_USER = "stackbook"
 SUPERUSER = "stackbook"

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from stackbook import project
+from stackbook.core import project
 
 
 def is_remote(location: str) -> bool:

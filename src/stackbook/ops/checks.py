@@ -9,7 +9,7 @@ from typing import Any
 
 def database() -> dict[str, Any]:
     """Connect, time a round trip, and report what answered."""
-    from stackbook import db
+    from stackbook.run import db
 
     t0 = time.perf_counter()
     with db.connect() as conn:
@@ -43,6 +43,6 @@ def kernel() -> dict[str, Any]:
 
 
 def catalogue() -> list[dict[str, Any]]:
-    from stackbook import catalog
+    from stackbook.core import catalog
 
     return [rb.summary() for rb in catalog.all_runbooks()]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stackbook.cli import _emit_json, handle_errors
+from stackbook.cli.common import emit_json, handle_errors
 from stackbook.schedules import DEFAULT_SCHEDULE_ENV
 
 ENV_OPTION = click.option("-e", "--env", default=DEFAULT_SCHEDULE_ENV, show_default=True,
@@ -26,15 +26,15 @@ def schedule() -> None:
 @handle_errors
 def list_(as_json: bool) -> None:
     """Every scheduled pipeline and runbook with its cron line."""
-    from stackbook.cli import _table
+    from stackbook.cli.common import table
     from stackbook.schedules import scheduled
 
     rows = [{"kind": i.kind, "name": i.name, "schedule": i.schedule, "timeout": i.timeout, "retries": i.retries,
              "description": i.description} for i in scheduled()]
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
-        click.echo(_table(rows, ["kind", "name", "schedule", "timeout", "retries", "description"]))
+        click.echo(table(rows, ["kind", "name", "schedule", "timeout", "retries", "description"]))
 
 
 @schedule.command()
@@ -46,7 +46,7 @@ def crontab(env: str) -> None:
     Each line changes to the project, runs `.venv/bin/stackbook run NAME -e ENV`
     (or `pipeline run NAME`) and appends its output to .stackbook/logs/.
     """
-    from stackbook.environments import load
+    from stackbook.core.environments import load
     from stackbook.schedules import crontab as crontab_mod
 
     load(env)  # an unknown environment is an error now, not at 6 a.m.
@@ -67,13 +67,13 @@ def airflow(env: str, out: str | None, as_json: bool) -> None:
     where the scheduler parses the files to run each task in a pod of the
     platform image (KubernetesPodOperator) instead of a local bash command.
     """
-    from stackbook.environments import load
+    from stackbook.core.environments import load
     from stackbook.schedules import airflow as airflow_mod
 
     load(env)
     files = airflow_mod.write(out, env=env)
     if as_json:
-        _emit_json([str(f) for f in files])
+        emit_json([str(f) for f in files])
     else:
         for f in files:
             click.echo(str(f))

@@ -49,7 +49,7 @@ import hashlib
 import json
 import os
 import re
-import secrets as pysecrets
+import secrets
 import shutil
 import subprocess
 import time
@@ -58,8 +58,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from stackbook import project
-from stackbook.errors import DatabaseUnavailable, RefusedError, StackbookError, UsageError
+from stackbook.core import project
+from stackbook.core.errors import DatabaseUnavailable, RefusedError, StackbookError, UsageError
 
 HEARTBEAT_SCHEMA = "stackbook"
 HEARTBEAT_TABLE = "dr_heartbeat"
@@ -106,13 +106,13 @@ def backups_dir() -> Path:
 
 def live_databases(source: str) -> set[str]:
     """Databases a drill never restores into unless forced: the source and the platform's own."""
-    from stackbook import pgcluster
+    from stackbook.run import pgcluster
 
     return {source, *pgcluster.DATABASES}
 
 
 def _connect(database: str, autocommit: bool = True):
-    from stackbook import db
+    from stackbook.run import db
 
     return db.connect(database, autocommit=autocommit)
 
@@ -131,8 +131,8 @@ def _pg_env(database: str) -> dict[str, str]:
     """libpq environment for a client tool: the password never appears on a command line."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from stackbook import db
-    from stackbook.privacy import TELEMETRY_OFF
+    from stackbook.run import db
+    from stackbook.core.privacy import TELEMETRY_OFF
 
     info = conninfo_to_dict(db.url(database))
     env = {**os.environ, **TELEMETRY_OFF}
@@ -278,7 +278,7 @@ def backup(database: str = "stackbook", schemas: str | list[str] | None = None,
     """``pg_dump -Fc`` of the database (or of ``schemas`` plus the heartbeat's) and its manifest, one snapshot."""
     wanted = _parse_schemas(schemas)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(directory) if directory else backups_dir() / f"{database}-{stamp}-{pysecrets.token_hex(3)}"
+    out = Path(directory) if directory else backups_dir() / f"{database}-{stamp}-{secrets.token_hex(3)}"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         return _backup_into(out, database, wanted)
@@ -291,7 +291,7 @@ def backup(database: str = "stackbook", schemas: str | list[str] | None = None,
 def _backup_into(out: Path, database: str, wanted: list[str] | None) -> Backup:
     import psycopg
 
-    from stackbook.pgcluster import pg_tool
+    from stackbook.run.pgcluster import pg_tool
 
     dump = out / DUMP_NAME
     t0 = time.monotonic()
@@ -392,7 +392,7 @@ def check_target(source: str, target: str, force: bool = False) -> bool:
 
 def check_dump(backup: Backup) -> None:
     """The dump file is there, has the SHA-256 of the manifest and reads as an archive."""
-    from stackbook.pgcluster import pg_tool
+    from stackbook.run.pgcluster import pg_tool
 
     dump = Path(backup.dump)
     if not dump.exists():
@@ -409,7 +409,7 @@ def check_dump(backup: Backup) -> None:
 
 def restore(backup: Backup, target: str, create: bool, jobs: int = 2) -> float:
     """``pg_restore --exit-on-error`` of the backup into ``target`` (created first when ``create``). Seconds taken."""
-    from stackbook.pgcluster import pg_tool
+    from stackbook.run.pgcluster import pg_tool
 
     t0 = time.monotonic()
     if create:
@@ -489,7 +489,7 @@ class Targets:
 def targets(env_name: str | None = None, rto_target_s: float | None = None,
             rpo_target_s: float | None = None) -> Targets:
     """RTO and RPO targets: explicit values, else ``dr:`` of the environment file."""
-    from stackbook import environments
+    from stackbook.core import environments
 
     env = environments.load(env_name) if env_name else environments.current()
     section = env.get("dr") or {}
@@ -573,8 +573,8 @@ class Drill:
         self.database, self.schemas, self.force, self.jobs = database, schemas, force, jobs
         self.keep_backups = keep_backups
         suffix = re.sub(r"[^0-9a-z]", "", (os.environ.get("STACKBOOK_RUN_ID") or "").lower())[-8:]
-        suffix = suffix or pysecrets.token_hex(4)
-        self.target = target or f"{database[:40]}_drill_{suffix}_{pysecrets.token_hex(2)}"
+        suffix = suffix or secrets.token_hex(4)
+        self.target = target or f"{database[:40]}_drill_{suffix}_{secrets.token_hex(2)}"
         self.targets = targets(env, rto_target_s, rpo_target_s)
         self.create = check_target(database, self.target, force)  # refuse before anything is done
         self.last_beat: datetime | None = None

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the run ledger: ``stackbook metrics [--out FILE] [--serve PORT]``.
+"""Prometheus metrics of the run ledger (``stackbook metrics [--out FILE] [--serve PORT]`` in ``cli.metrics``).
 
 Metrics (labels ``runbook`` and ``env``):
 
@@ -19,13 +19,8 @@ every scrape. Alerting on staleness is then one rule:
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
-
-import click
-
-from stackbook.cli import handle_errors
 
 PREFIX = "stackbook"
 
@@ -42,7 +37,7 @@ class LedgerCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from stackbook import db, ledger
+        from stackbook.run import db, ledger
 
         where, args = "", ()
         if self.env:
@@ -117,31 +112,3 @@ def serve(port: int, host: str = "127.0.0.1", env: str | None = None):
     from prometheus_client import start_http_server
 
     return start_http_server(port, addr=host, registry=registry(env))
-
-
-@click.command()
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Write to FILE (atomically) for node_exporter's textfile collector instead of standard output.")
-@click.option("--serve", "port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
-              help="Serve GET /metrics on PORT until interrupted (reads the ledger at every scrape).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on with --serve.")
-@click.option("-e", "--env", default=None, help="Only runs in this environment (default: all).")
-@handle_errors
-def metrics(out: str | None, port: int | None, host: str, env: str | None) -> None:
-    """Prometheus metrics of the run ledger: runs by runbook and state, last duration, last success."""
-    if port is not None:
-        import time
-
-        server, _thread = serve(port, host, env)
-        click.echo(f"stackbook: serving metrics on http://{host}:{server.server_port}/metrics (Ctrl-C to stop)",
-                   err=True)
-        try:
-            while True:
-                time.sleep(3600)
-        finally:
-            server.shutdown()
-    if out:
-        path = write(out, env)
-        click.echo(f"stackbook: metrics written to {path}", err=True)
-        return
-    sys.stdout.write(render(env))

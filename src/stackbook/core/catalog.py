@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stackbook import notebooks, project
-from stackbook.errors import NotebookError, UsageError
+from stackbook.core import notebooks, project
+from stackbook.core.errors import NotebookError, UsageError
 
 
 def paths() -> list[Path]:

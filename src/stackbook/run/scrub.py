@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from stackbook import project
-from stackbook.errors import SecretError
+from stackbook.core import project
+from stackbook.core.errors import SecretError
 
 MIN_SECRET_LENGTH = 4  # shorter values would scrub ordinary text
 

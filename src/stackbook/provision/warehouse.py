@@ -41,13 +41,13 @@ import hashlib
 import hmac
 import json
 import os
-import secrets as pysecrets
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackbook import project
-from stackbook.errors import StackbookError, UsageError
+from stackbook.core import project
+from stackbook.core.errors import StackbookError, UsageError
 
 SCHEMAS = ("raw", "staging", "marts", "ml", "audit", "stackbook")
 
@@ -135,12 +135,12 @@ def credentials_dir() -> Path:
 
 def known_password(role: RoleSpec, env: str | None = None) -> tuple[str | None, str]:
     """(password, where it came from) from the secret, else the credentials file; (None, "") if neither."""
-    from stackbook import secrets as secrets_mod
+    from stackbook.run import scrub
 
     env = env or os.environ.get("STACKBOOK_ENV") or "dev"
     root = project.root()
-    for source, values in (("environment", os.environ), (f".env.{env}", secrets_mod.read_dotenv(root / f".env.{env}")),
-                           (".env", secrets_mod.read_dotenv(root / ".env"))):
+    for source, values in (("environment", os.environ), (f".env.{env}", scrub.read_dotenv(root / f".env.{env}")),
+                           (".env", scrub.read_dotenv(root / ".env"))):
         if values.get(role.secret):
             return values[role.secret], f"secret {role.secret} ({source})"
     path = project.state_dir() / "credentials" / role.name
@@ -185,7 +185,7 @@ def _check_password(role: RoleSpec, value: str) -> None:
 
 def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
     """The SCRAM-SHA-256 verifier PostgreSQL stores for a password (RFC 5802/7677)."""
-    salt = salt if salt is not None else pysecrets.token_bytes(16)
+    salt = salt if salt is not None else secrets.token_bytes(16)
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()
@@ -269,7 +269,7 @@ def _rows(conn, sql: str, params=None) -> list[tuple]:
 
 
 def _database_exists(database: str) -> bool:
-    from stackbook import db
+    from stackbook.run import db
 
     with db.connect("postgres") as conn:
         return bool(_rows(conn, "select 1 from pg_database where datname = %s", (database,)))
@@ -386,7 +386,7 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
         attrs = " ".join(on if want else off for want, on, off in ROLE_ATTRIBUTES.values())
         if current is None:
             if known is None and generate:
-                known = pysecrets.token_urlsafe(24)
+                known = secrets.token_urlsafe(24)
                 path = _store_password(spec.name, known)
                 source = f"generated, kept in {path}"
             where = source or f"generated at apply and kept in .stackbook/credentials/{spec.name}"
@@ -416,7 +416,7 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
                               "to manage it")
         if reason:
             if known is None and generate:
-                known = pysecrets.token_urlsafe(24)
+                known = secrets.token_urlsafe(24)
                 source = f"generated, kept in {_store_password(spec.name, known)}"
             verifier = scram_verifier(known) if known is not None else MASK
             add(Step(f"ALTER ROLE {_q(spec.name)} WITH PASSWORD {_lit(verifier)}",
@@ -526,7 +526,7 @@ def _check_name(database: str) -> None:
 
 def plan(database: str = "stackbook", env: str | None = None) -> Plan:
     """The statements ``apply`` would run now. Reads the catalog; changes nothing (no file, no row)."""
-    from stackbook import db
+    from stackbook.run import db
 
     _check_name(database)
     exists = _database_exists(database)
@@ -573,7 +573,7 @@ def apply(database: str = "stackbook", dry_run: bool = False, env: str | None = 
     """
     import psycopg
 
-    from stackbook import db
+    from stackbook.run import db
 
     if dry_run:
         p = plan(database, env)
@@ -625,7 +625,7 @@ class _StepFailed(Exception):
 
 def role_report() -> list[dict[str, Any]]:
     """The managed roles as the catalog has them: exists, attributes, SCRAM password."""
-    from stackbook import db
+    from stackbook.run import db
 
     with db.connect("postgres") as conn:
         state = _inspect(conn, False)
@@ -673,7 +673,7 @@ def probe_write(database: str = "stackbook", role: str = "stackbook_reader", sch
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    from stackbook import db
+    from stackbook.run import db
 
     conninfo = make_conninfo(db.url(database), user=role, password=password_for(role, env))
     evidence, denied = [], True

@@ -1,0 +1,69 @@
+"""`stackbook up`, `down` and `status`: the project-local PostgreSQL."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from stackbook.cli.common import emit_json, handle_errors
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@handle_errors
+def up(as_json: bool) -> None:
+    """Start the project-local PostgreSQL under .stackbook/ (initdb on first use).
+
+    With DATABASE_URL set, nothing is started: that database is used.
+    """
+    import os
+
+    from stackbook.run import pgcluster
+
+    if os.environ.get("DATABASE_URL"):
+        msg = "DATABASE_URL is set: using that database, nothing started"
+        emit_json(pgcluster.status()) if as_json else click.echo(msg, err=True)
+        return
+    info, started = pgcluster.up()
+    if as_json:
+        emit_json({**pgcluster.status(), "started": started})
+        return
+    state = "started" if started else "already running"
+    click.echo(f"PostgreSQL {state} on 127.0.0.1:{info.port} (socket in {info.socket_dir})")
+    click.echo(f"database_url: {info.url()}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def down(as_json: bool) -> None:
+    """Stop the project-local PostgreSQL (data is kept under .stackbook/pg)."""
+    from stackbook.run import pgcluster
+
+    stopped = pgcluster.down()
+    if as_json:
+        emit_json({"stopped": stopped})
+    else:
+        click.echo("PostgreSQL stopped" if stopped else "PostgreSQL was not running")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (database_url, running, port ...).")
+@handle_errors
+def status(as_json: bool) -> None:
+    """Whether the database runs, and its connection URL."""
+    from stackbook.run import pgcluster
+
+    st = pgcluster.status()
+    if as_json:
+        emit_json(st)
+        return
+    if st["mode"] == "external":
+        click.echo(f"external database (DATABASE_URL): {st['database_url']}")
+        return
+    click.echo(f"PostgreSQL: {'running' if st['running'] else 'stopped'}")
+    for key in ("database_url", "port", "data_dir", "socket_dir", "bindir", "os_user"):
+        click.echo(f"  {key}: {st[key]}")
+    if not st["running"]:
+        sys.exit(1)

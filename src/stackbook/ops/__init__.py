@@ -1,0 +1,1 @@
+"""Operations: the platform health checks the ``runbooks/ops`` runbooks call (``checks``)."""

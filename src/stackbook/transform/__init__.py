@@ -1,0 +1,1 @@
+"""Transforms: dbt for the ``runbooks/transform`` runbooks (``stackbook.transform.dbt``)."""
