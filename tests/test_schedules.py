@@ -82,7 +82,7 @@ def test_cronjobs_valid_and_compliant(tmp_path, env):
 
 def test_cronjob_that_breaks_the_rules_is_refused():
     from stackbook.schedules import ScheduleError
-    from stackbook.schedules import kubernetes as k8s_mod
+    from stackbook.k8s import cronjobs as k8s_mod
 
     cronjobs = k8s_mod.manifests("dev")
     pod = cronjobs[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -132,7 +132,7 @@ def test_platform_image_installs_from_the_lock_and_runs_as_the_manifests_uid():
     from stackbook.k8s import backend as k8s_run
     from stackbook.run.engine import RunOptions
     from stackbook.schedules import airflow as airflow_mod
-    from stackbook.schedules import kubernetes as k8s_mod
+    from stackbook.k8s import cronjobs as k8s_mod
 
     pods = [cj["spec"]["jobTemplate"]["spec"]["template"]["spec"] for cj in k8s_mod.manifests("prod")]
     pods.append(k8s_run.job_manifest("platform_check", RunOptions(env="prod"), run_store="s3://x/y")

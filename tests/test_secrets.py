@@ -38,9 +38,9 @@ def test_forms_cover_plain_base64_and_url_encoding():
 
 
 def test_scrubber_replaces_every_form_in_nested_structures():
-    scrub = scrub.Scrubber({"TOKEN": "hunter2-secret"})
+    scrubber = scrub.Scrubber({"TOKEN": "hunter2-secret"})
     doc = {"a": ["x hunter2-secret y", {"aHVudGVyMi1zZWNyZXQ=": 1}], "b": 3}
-    out = scrub.obj(doc)
+    out = scrubber.obj(doc)
     assert "hunter2" not in json.dumps(out) and "aHVudGVyMi1zZWNyZXQ" not in json.dumps(out)
     assert out["a"][0] == "x [secret:TOKEN] y" and out["b"] == 3
 

@@ -45,7 +45,7 @@ when `dry_run` is False, and how to undo it."""),
         ("params", """dry_run: bool = True  # only report what would change; False applies it
 limit: int = 10  # at most this many items per step (keep defaults small: `make test` runs them)"""),
         ("code", """import stackbook
-from stackbook import environments"""),
+from stackbook.core import environments"""),
         ("md", """## 1. Where it runs
 
 The environment of this run (`-e ENV`; `dev` in JupyterLab unless `stackbook lab -e` says otherwise).

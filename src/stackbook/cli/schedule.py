@@ -90,7 +90,7 @@ def kubernetes(env: str, out: str | None) -> None:
     Built from infra/k8s (the overlay of ENV), checked against the Kubernetes
     schemas and the audit's Pod Security rules before anything is written.
     """
-    from stackbook.schedules import kubernetes as k8s_mod
+    from stackbook.k8s import cronjobs as k8s_mod
 
     cronjobs = k8s_mod.manifests(env)
     if out:
