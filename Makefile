@@ -13,8 +13,9 @@ export DO_NOT_TRACK := 1
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := False
 
-.PHONY: help setup airflow system-deps run test book up down status bench lab clean
+.PHONY: help setup airflow airflow-up airflow-down system-deps lock lint run test book up down status bench lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,7 +36,13 @@ setup: system-deps $(STAMP)  ## create .venv and install the locked dependencies
 airflow: $(STAMP)  ## Airflow's own virtual environment (.venv-airflow) from infra/airflow/requirements.lock
 	@bash infra/airflow/setup.sh
 
-system-deps:  ## install missing system packages (PostgreSQL binaries, Chromium for the browser test)
+airflow-up: up airflow  ## a local Airflow (scheduler, DAG processor, API server) running the generated DAGs
+	$(STACKBOOK) schedule airflow-local up
+
+airflow-down:  ## stop the local Airflow and every process it started
+	@if [ -x $(STACKBOOK) ]; then $(STACKBOOK) schedule airflow-local down; fi
+
+system-deps:  ## install missing system packages (Chromium for the browser test, openssl, promtool for the alert rules)
 	@bash infra/scripts/system-deps.sh
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
@@ -54,12 +61,25 @@ run: up  ## the main job on the embedded defaults: the daily pipeline, then the 
 	$(STACKBOOK) pipeline run daily -e dev
 	$(STACKBOOK) book -e dev
 
-# Runbooks in data-flow order: train reads the marts that transform builds.
-RUNBOOK_DIRS := runbooks/ops runbooks/provision runbooks/ingest runbooks/transform runbooks/train \
-	runbooks/audit runbooks/dr
+# Runbooks in data-flow order: quality checks what ingest loaded, transform builds on it, train reads the
+# marts; the train runbooks are named one by one because pytest runs a folder's files alphabetically and
+# scoring, drift, serving and rollback need the champion that train_customer_model registers.
+TRAIN_RUNBOOKS := $(addprefix runbooks/train/,train_customer_model.ipynb score_customers.ipynb \
+	check_model_drift.ipynb serve_model.ipynb rollback_model.ipynb)
+RUNBOOK_DIRS := runbooks/ops runbooks/provision runbooks/ingest runbooks/quality runbooks/transform \
+	$(TRAIN_RUNBOOKS) runbooks/audit runbooks/dr
 
-test: up airflow  ## the whole test suite, then every runbook with its small defaults (nbmake)
-	$(BIN)/python -m pytest tests --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900
+lint: $(STAMP)  ## ruff over src, tests and benchmarks (rules in pyproject.toml)
+	$(BIN)/ruff check src tests benchmarks
+
+# The tests use their own database and state folder (tests/conftest.py); check_untouched.py proves
+# that your ledger, MLflow runs, run store and book are as they were before.
+UNTOUCHED := $(VENV)/.untouched.json
+
+test: lint up airflow  ## lint, the whole test suite, then every runbook with its small defaults (nbmake)
+	$(BIN)/python tests/check_untouched.py snapshot $(UNTOUCHED)
+	$(BIN)/python -m pytest tests --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900; status=$$?; \
+		$(BIN)/python tests/check_untouched.py compare $(UNTOUCHED) && exit $$status
 
 book: up  ## build the book (_build/html) with the evidence of the latest dev runs
 	$(STACKBOOK) book -e dev
@@ -67,16 +87,21 @@ book: up  ## build the book (_build/html) with the evidence of the latest dev ru
 lab: up  ## JupyterLab on the project, environment loaded
 	$(STACKBOOK) lab
 
-bench: up  ## ratio benchmarks against their floors (not part of make test; figures in benchmarks/README.md)
+bench: up airflow  ## ratio benchmarks against their floors (not part of make test; figures in benchmarks/README.md)
 	$(BIN)/python benchmarks/runner_overhead.py
 	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/loader_memory.py
 	$(BIN)/python benchmarks/dbt_mlflow.py
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/book_rebuild.py
+	$(BIN)/python benchmarks/book_ledger_scale.py
 	$(BIN)/python benchmarks/dr_drill.py
 	$(BIN)/python benchmarks/k8s_render_validate.py
 	$(BIN)/python benchmarks/audit_secrets_scan.py
+	$(BIN)/python benchmarks/airflow_overhead.py
+	$(BIN)/python benchmarks/notify_overhead.py
+	$(BIN)/python benchmarks/quality_overhead.py
+	$(BIN)/python benchmarks/serving_latency.py
 
 clean:  ## remove the virtual environment (keeps .stackbook: your database and runs)
 	rm -rf $(VENV)

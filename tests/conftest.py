@@ -1,7 +1,19 @@
-"""Shared fixtures: the real project-local PostgreSQL and the real CLI.
+"""Shared fixtures and helpers: the real project-local PostgreSQL and the real CLI.
 
 Nothing is mocked: ``database_url`` starts the project-local cluster
-(``stackbook up``) once per session, unless DATABASE_URL is set.
+(``stackbook up``) once per session, unless DATABASE_URL is set; tests that
+need no database do not ask for it and run without one.
+
+The test session never writes into the developer's runs. At import, before any
+test module, this file points every process the tests start (CLI calls,
+kernels, nbmake's runbooks, Airflow tasks) at a database and a state folder of
+their own: ``STACKBOOK_DATABASE=stackbook_test`` (MLflow follows as
+``mlflow_test``, in the same cluster) and ``STACKBOOK_STATE_DIR=<home>/test``
+(run store, tmp, lab, audit, dbt targets, MLflow artifacts, pipeline products,
+book sources). The folder is kept between sessions, as the test database is,
+so that the experiments MLflow records there keep pointing at their
+artifacts. ``make test`` checks the outcome: ``tests/check_untouched.py``
+before and after pytest. With DATABASE_URL set, that database is used as it is.
 """
 
 from __future__ import annotations
@@ -15,16 +27,37 @@ from pathlib import Path
 
 import pytest
 
+from stackbook.core import project
+from stackbook.core.privacy import telemetry_off
+
 ROOT = Path(__file__).resolve().parents[1]
 STACKBOOK = str(Path(sys.executable).parent / "stackbook")
+FIX = ROOT / "tests" / "fixtures" / "foundation"
+TEST_DATABASE = "stackbook_test"
+
+os.environ["STACKBOOK_DATABASE"] = TEST_DATABASE
+os.environ["STACKBOOK_STATE_DIR"] = str(project.home_dir() / "test")
+for _name in ("STACKBOOK_RUN_STORE", "MLFLOW_TRACKING_URI"):  # a developer's own would receive the tests' runs
+    os.environ.pop(_name, None)
+telemetry_off()
 
 # Fixture notebooks fail, leak canaries or kill their kernel on purpose: the tests
 # run them through stackbook; nbmake must not collect them as runbooks.
 collect_ignore_glob = ["fixtures/*"]
 
-from stackbook.core.privacy import telemetry_off  # noqa: E402
 
-telemetry_off()
+def nb(name: str) -> str:
+    """Path of a fixture notebook under tests/fixtures/foundation."""
+    return str(FIX / f"{name}.ipynb")
+
+
+def ledger_count(db, runbook: str) -> int:
+    """Ledger rows of ``runbook`` (0 before the ledger exists)."""
+    db.execute("create schema if not exists stackbook")
+    exists = db.execute("select to_regclass('stackbook.runs') is not null").fetchone()[0]
+    if not exists:
+        return 0
+    return db.execute("select count(*) from stackbook.runs where runbook = %s", (runbook,)).fetchone()[0]
 
 
 @pytest.fixture(scope="session")
@@ -33,13 +66,13 @@ def database_url() -> str:
 
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    info, _ = pgcluster.up()
-    return info.url()
+    pgcluster.up()  # creates the test databases when the cluster lacks them
+    return pgcluster.database_url()
 
 
 @pytest.fixture()
 def db(database_url):
-    """An autocommit psycopg connection to the stackbook database."""
+    """An autocommit psycopg connection to the test session's stackbook database."""
     import psycopg
 
     with psycopg.connect(database_url, autocommit=True) as conn:

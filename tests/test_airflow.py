@@ -3,7 +3,7 @@
 Airflow lives in its own virtual environment (.venv-airflow, made by
 infra/airflow/setup.sh from infra/airflow/requirements.lock); its tasks call
 the project's .venv/bin/stackbook against the project-local PostgreSQL. The
-metadata database is SQLite under .stackbook/airflow/.
+metadata database is SQLite under the test session's state folder (airflow/).
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stackbook.core import project
 from tests.conftest import ROOT, run_cli
 
 AIRFLOW_VENV = ROOT / ".venv-airflow"
 AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
-AIRFLOW_HOME = ROOT / ".stackbook" / "airflow"
+AIRFLOW_HOME = project.state_dir() / "airflow"
 FIX = ROOT / "tests" / "fixtures" / "runbooks"
-DAILY_RUNBOOKS = ("load_jaffle_shop", "build_warehouse", "train_customer_model", "compliance_audit")
+DAILY_RUNBOOKS = ("load_jaffle_shop", "validate_raw", "build_warehouse", "train_customer_model", "compliance_audit",
+                  "score_customers", "check_model_drift")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ built at run time, so this file holds none itself.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import secrets as pysecrets
 import shutil
@@ -40,8 +39,7 @@ def test_every_rule_is_complete():
     import importlib
 
     for name in ("postgres", "secrets_scan", "operations", "report", "kubernetes"):
-        if importlib.util.find_spec(f"stackbook.audit.{name}"):
-            importlib.import_module(f"stackbook.audit.{name}")  # registers its rules
+        importlib.import_module(f"stackbook.audit.{name}")  # registers its rules
     ids = set(RULES)
     assert {f"PG-{n:03d}" for n in range(1, 13)} <= ids
     assert {"SEC-001", "SEC-002", "OPS-001", "OPS-002", "OPS-003", "OPS-004", "AUDIT-001"} <= ids
@@ -357,6 +355,29 @@ def test_sec002_scrubbed_notebooks_pass_and_leaks_are_caught(tmp_path):
     assert all(value not in f.evidence and known_value not in f.evidence for f in findings)
 
 
+def test_sec002_printed_environment_reports_the_credential_not_the_working_directory(tmp_path):
+    """`pwd` stays a keyword, but PWD=/work/... (a directory) is not a password: one finding, the real key."""
+    aws_secret = "".join(pysecrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+")
+                         for _ in range(40))
+    environ = {"PWD": "/work/main/runbooks/ops", "OLDPWD": "/work/main", "HOME": "/root", "LANG": "C.UTF-8",
+               "PATH": "/work/main/.venv/bin:/usr/local/bin:/usr/bin:/bin", "SHLVL": "1", "TERM": "xterm",
+               "SSH_AUTH_SOCK": "/tmp/ssh-k3j2Ab9Q/agent.1234", "GIT_ASKPASS": "/usr/lib/git-core/git-gui--askpass",
+               "JPY_PARENT_PID": "4242", "AWS_SECRET_ACCESS_KEY": aws_secret, "KERNEL_ID": str(uuid.uuid4())}
+    printed = f"environ({environ!r})\n"  # what print(os.environ) shows
+    store = tmp_path / "runs" / "dev"
+    path = store / "debug" / "20260101T000000-aaaaaa.ipynb"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_executed(printed)))
+    hits = secrets_scan.scan_run_store(store, secrets_scan.Detector({})).hits
+    assert [h.kind for h in hits] == ["AWS secret access key"], [h.describe() for h in hits]
+    [f] = secrets_scan.check_all(_ctx(tmp_path, store), ["SEC-002"])
+    assert f.status == "fail" and "AWS secret access key" in f.evidence
+    assert aws_secret not in f.evidence and "/work/main" not in f.evidence
+    # a path-shaped credential is still one: random segments, or '+'
+    assert secrets_scan.detect('db_pwd = "/k9QzXb8Lm2/Tq7Rw"', "x.py")  # stackbook-audit: allow
+    assert secrets_scan.detect('api_token = "/usr/' + pysecrets.token_hex(8) + '+Zx"', "x.py")
+
+
 def test_secrets_live_repository_and_run_store_pass():
     findings = secrets_scan.audit("dev")
     assert statuses(findings, "SEC-001") == {"pass"}, [f for f in findings if f.status != "pass"]
@@ -514,36 +535,18 @@ def test_report_bad_input_is_a_usage_error():
         audit_report.run("dev", areas=["network"], write=False)
     with pytest.raises(UsageError, match="fail_on must be one of"):
         audit_report.run("dev", areas=["postgres"], fail_on="severe", write=False)
-    if importlib.util.find_spec("stackbook.audit.kubernetes") is not None:
-        with pytest.raises(UsageError, match="no such file or folder"):
-            audit_report.run("dev", areas=["kubernetes"], manifests_dir="/nonexistent/manifests", write=False)
+    with pytest.raises(UsageError, match="no such file or folder"):
+        audit_report.run("dev", areas=["kubernetes"], manifests_dir="/nonexistent/manifests", write=False)
 
 
-def test_report_kubernetes_area_skips_or_runs():
+def test_report_kubernetes_area_checks_the_rendered_overlay():
     rep = audit_report.run("dev", areas=["kubernetes"], write=False)
-    if importlib.util.find_spec("stackbook.audit.kubernetes") is None:
-        [f] = rep.findings
-        assert f.id == "AUDIT-001" and f.status == "skip" and "not installed" in f.evidence
-    else:
-        assert rep.findings and all(f.id.startswith(("K8S-", "AUDIT-001")) for f in rep.findings)
-
-
-def test_report_kubernetes_area_is_skipped_when_its_rules_are_missing(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "stackbook.audit.kubernetes", None)  # as in a checkout without them
-    rep = audit_report.run("dev", areas=["kubernetes", "postgres"], write=False)
-    [f] = [f for f in rep.findings if f.resource == "area/kubernetes"]
-    assert (f.id, f.status) == ("AUDIT-001", "skip") and "not installed" in f.evidence
-    assert {x.id for x in rep.findings} >= {"PG-001", "PG-012"}  # the other areas still ran
+    assert rep.findings and all(f.id.startswith("K8S-") for f in rep.findings), rep.findings
 
 
 K8S_FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
-needs_k8s = pytest.mark.skipif(importlib.util.find_spec("stackbook.audit.kubernetes") is None,
-                               reason="the Kubernetes rules are not installed")
 
 
-@needs_k8s
 def test_report_kubernetes_manifests_dir_good_and_bad():
     good = audit_report.run("dev", areas=["kubernetes"], manifests_dir=str(K8S_FIXTURES / "good"), write=False)
     assert good.findings and good.passed, [f for f in good.findings if f.status != "pass"]
@@ -553,19 +556,16 @@ def test_report_kubernetes_manifests_dir_good_and_bad():
     assert len(err.value.failing_ids) >= 5 and all(i.startswith("K8S-") for i in err.value.failing_ids)
 
 
-@needs_k8s
-def test_report_kubernetes_overlay_missing_or_broken(monkeypatch):
+def test_report_kubernetes_overlay_missing_or_broken(own_project):
+    root, env = own_project
+    overlay = root / "infra" / "k8s" / "overlays" / env
+    overlay.mkdir(parents=True)
     rep = audit_report.run("no-such-env", areas=["kubernetes"], write=False)
     [f] = rep.findings
     assert (f.id, f.status) == ("AUDIT-001", "skip") and "no Kubernetes overlay" in f.evidence
 
-    from stackbook.k8s import ManifestError, render
-
-    def broken(env, runbooks=None):
-        raise ManifestError("infra/k8s/overlays/dev/kustomization.yaml: unknown key 'resourcez'")
-
-    monkeypatch.setattr(render, "render", broken)
-    rep = audit_report.run("dev", areas=["kubernetes"], write=False)
+    (overlay / "kustomization.yaml").write_text("resourcez: [deployment.yaml]\n")  # a typo: not rendered
+    rep = audit_report.run(env, areas=["kubernetes"], write=False)
     [f] = rep.findings
     assert (f.id, f.status) == ("AUDIT-001", "error") and "resourcez" in f.evidence and not rep.passed
 
@@ -579,6 +579,59 @@ def test_report_area_error_becomes_a_finding(monkeypatch):
     [f] = rep.findings
     assert (f.id, f.status, f.resource) == ("AUDIT-001", "error", "area/operations")
     assert "catalogue unreadable" in f.evidence and not rep.passed
+
+
+@pytest.fixture()
+def own_project(tmp_path, monkeypatch):
+    """A project of its own (``STACKBOOK_PROJECT``): one runbook that declares the secret CANARY_SECRET, no
+    database, no environment file; and an environment name no other test uses. Yields (root, env)."""
+    from stackbook.core import project
+
+    root = tmp_path / "project"
+    (root / "runbooks" / "ops").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    shutil.copy(Path(__file__).parent / "fixtures" / "foundation" / "leaks_secret.ipynb", root / "runbooks" / "ops")
+    monkeypatch.setenv("STACKBOOK_PROJECT", str(root))
+    monkeypatch.setenv("STACKBOOK_HOME", str(root / ".stackbook"))  # no cluster there
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("CANARY_SECRET", raising=False)
+    project.root.cache_clear()
+    env = f"t_audit_{uuid.uuid4().hex[:8]}"
+    try:
+        yield root, env
+    finally:
+        project.root.cache_clear()
+        shutil.rmtree(project.state_dir() / "audit" / env, ignore_errors=True)
+
+
+@pytest.mark.parametrize("breakage", ["not text", "a folder"])
+def test_report_that_cannot_build_its_redaction_fails_and_writes_nothing(own_project, breakage):
+    """The secret values to scrub from the evidence cannot be read: the audit stops with a message that names
+    the cause, checks nothing and writes no report (it used to scrub nothing and carry on)."""
+    from stackbook.core import project
+    from stackbook.core.errors import AuditRedactionError
+
+    root, env = own_project
+    dotenv = root / f".env.{env}"
+    if breakage == "not text":
+        dotenv.write_bytes(b"CANARY_SECRET=\xff\xfe-not-utf8\n")
+    else:
+        dotenv.mkdir()
+    with pytest.raises(AuditRedactionError) as err:
+        audit_report.run(env, areas=["secrets"])
+    message = str(err.value)
+    assert f"audit of {env}: cannot read the secret values its evidence must never show" in message
+    assert f"{dotenv} is {'not UTF-8 text' if breakage == 'not text' else 'a directory'}" in message, message
+    assert "wrote no report" in message
+    assert not (project.state_dir() / "audit" / env).exists()  # nothing was recorded
+
+    # repaired, the same audit runs and the declared secret is among the values it scrubs
+    shutil.rmtree(dotenv) if dotenv.is_dir() else dotenv.unlink()
+    value = pysecrets.token_urlsafe(16)
+    dotenv.write_text(f"CANARY_SECRET={value}\n")
+    assert secrets_scan.known_secrets(env) == {"CANARY_SECRET": value}
+    rep = audit_report.run(env, areas=["secrets"], write=False)
+    assert rep.findings and value not in json.dumps(rep.to_dict())
 
 
 # ------------------------------------------------------------------ the runbook, through the runner
@@ -598,7 +651,6 @@ def test_runbook_fails_on_weak_role_and_records_evidence(cli, db, weak_role):
     assert Path(rec["output"][: -len(".ipynb")] + ".audit.json").exists()
 
 
-@needs_k8s
 def test_runbook_fails_on_bad_manifests(cli):
     res = cli("run", "compliance_audit", "-e", "dev", "-p", "areas=[kubernetes]", "-p",
               f"manifests_dir={K8S_FIXTURES / 'bad'}", "--json")

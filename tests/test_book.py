@@ -2,7 +2,7 @@
 
 Builds run through the real `stackbook book` command on a copy of the project
 (runbooks, book/, _config.yml, _toc.yml, environments) in a temporary folder
-that shares this project's database and run store, so the checkout is never
+that shares the test session's database and run store, so the checkout is never
 modified. The copy's book is built once per module and then rebuilt
 incrementally.
 """
@@ -41,8 +41,9 @@ def copy_project(dest: Path) -> Path:
 
 
 def in_copy(copy: Path) -> dict:
-    """Environment for a CLI call that works on the copy but uses this project's database and run store."""
-    return {"STACKBOOK_PROJECT": str(copy), "STACKBOOK_HOME": str(project.state_dir())}
+    """Environment for a CLI call that works on the copy but uses this project's cluster (and the test session's
+    database and state folder, from conftest)."""
+    return {"STACKBOOK_PROJECT": str(copy), "STACKBOOK_HOME": str(project.home_dir())}
 
 
 def book_cli(copy: Path, *args: str, env: dict | None = None):

@@ -1,7 +1,7 @@
 """The built book in a real browser: headless Chromium (Debian's /usr/bin/chromium) driven by Playwright.
 
-The book is built once for this module with `stackbook book -e dev` into
-_build/html and served on 127.0.0.1 from a thread. Nothing is downloaded: the
+The book is built once for this module with `stackbook book -e dev` into a
+temporary folder (never the checkout's _build) and served on 127.0.0.1 from a thread. Nothing is downloaded: the
 browser is the system's (`make system-deps` installs it), never `playwright install`.
 Screenshots of the home page and of one runbook page go to test-results/.
 """
@@ -41,8 +41,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def site(database_url):
-    res = run_cli("book", "-e", "dev", "--json")
+def site(database_url, tmp_path_factory):
+    res = run_cli("book", "-e", "dev", "--out", str(tmp_path_factory.mktemp("book")), "--json")
     assert res.code == 0, res
     html = Path(res.json()["html"])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, STACKBOOK, ledger_count, nb, run_cli
 
-FIX = ROOT / "tests" / "fixtures" / "foundation"
 RECORD_FIELDS = {"id", "runbook", "env", "status", "params", "results", "output", "started_at", "finished_at",
                  "duration_s", "error"}
-
-
-def nb(name: str) -> str:
-    return str(FIX / f"{name}.ipynb")
-
-
-def ledger_count(db, runbook: str) -> int:
-    db.execute("create schema if not exists stackbook")
-    exists = db.execute("select to_regclass('stackbook.runs') is not null").fetchone()[0]
-    if not exists:
-        return 0
-    return db.execute("select count(*) from stackbook.runs where runbook = %s", (runbook,)).fetchone()[0]
 
 
 def test_help_on_every_command(cli):
@@ -62,7 +50,7 @@ def test_run_succeeds_with_typed_parameters_and_records(cli, db):
               "--json")
     assert res.code == 0, res
     rec = res.json()
-    assert RECORD_FIELDS <= set(rec)
+    assert set(rec) >= RECORD_FIELDS
     assert rec["status"] == "succeeded" and rec["error"] is None
     assert rec["params"]["rows"] == 5 and rec["params"]["items"] == [1, 2] and rec["params"]["flag"] is True
     assert rec["results"]["rows"] == 5 and rec["results"]["mode"] == "slow"
@@ -75,6 +63,24 @@ def test_run_succeeds_with_typed_parameters_and_records(cli, db):
     listed = cli("runs", "--runbook", "typed", "--status", "succeeded", "--limit", "5", "--json").json()
     assert rec["id"] in [r["id"] for r in listed]
     assert "typed" in cli("runs", "--runbook", "typed").out
+
+
+def test_run_record_json_is_the_documented_shape():
+    """RunRecord.to_json(): every ledger column in table order, ISO times, the error without its traceback."""
+    from datetime import datetime
+
+    from stackbook.run.record import COLUMNS, RunRecord
+
+    row = {**{c: None for c in COLUMNS}, "id": "r1", "runbook": "rb", "env": "dev", "status": "failed",
+           "params": {"a": 1}, "results": {}, "attempt": 1, "started_at": datetime(2026, 1, 1, tzinfo=UTC),
+           "error": {"cell_index": 2, "ename": "E", "evalue": "v", "traceback": "secret-free but long"}}
+    rec = RunRecord.from_row(row)
+    doc = rec.to_json()
+    assert list(doc) == list(COLUMNS) and set(doc) >= RECORD_FIELDS
+    assert doc["error"] == {"cell_index": 2, "ename": "E", "evalue": "v"}
+    assert doc["started_at"] == "2026-01-01T00:00:00+00:00" and rec.error["traceback"]  # kept on the record
+    assert RunRecord.from_row(doc).to_json() == doc
+    assert rec.exit_code == 1 and rec.describe_failure().startswith("runbook 'rb' failed at cell 2: E: v (run r1")
 
 
 def test_params_file_and_env_precedence(cli, tmp_path):
@@ -177,8 +183,6 @@ def test_unwritable_output_path_is_a_clear_error_not_a_traceback(tmp_path):
 def test_a_reader_that_goes_away_ends_the_command_quietly(args, database_url):
     """`stackbook list | head -1`: the pipe closes before stackbook writes; exit 141 as a SIGPIPE'd writer, no error."""
     import subprocess
-
-    from tests.conftest import STACKBOOK
 
     proc = subprocess.Popen([STACKBOOK, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before the command has written anything

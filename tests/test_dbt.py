@@ -156,7 +156,9 @@ def test_lineage_graph_and_picture(warehouse):
 
 def test_profiles_come_from_the_environment_without_the_password(database_url):
     folder = dbt.write_profiles("dev")
-    assert folder == ROOT / ".stackbook" / "dbt" / "dev"
+    from stackbook.core import project
+
+    assert folder == project.state_dir() / "dbt" / "dev"
     text = (folder / "profiles.yml").read_text()
     from stackbook.run import db
     from stackbook.core import environments

@@ -20,7 +20,7 @@ import yaml
 from stackbook.core import environments
 from stackbook.audit import RULES
 from stackbook.audit import kubernetes as k8s_rules
-from stackbook.k8s import ClusterError, ManifestError, apply, render, resource_id, validate
+from stackbook.k8s import KubernetesError, ManifestError, apply, render, resource_id, validate
 from stackbook.core.notebooks import Runbook
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
@@ -430,7 +430,7 @@ def test_dry_run_with_a_context_not_configured_here_is_a_plan(env, rendered, no_
 
 
 def test_named_context_missing_from_kubeconfig_fails_clearly_when_applying(rendered, no_kubeconfig):
-    with pytest.raises(ClusterError) as exc:
+    with pytest.raises(KubernetesError) as exc:
         apply.run(rendered["prod"], environments.load("prod"), dry_run=False)
     message = str(exc.value)
     assert "kubeconfig context 'prod'" in message and "not configured here" in message
@@ -438,13 +438,13 @@ def test_named_context_missing_from_kubeconfig_fails_clearly_when_applying(rende
 
 
 def test_named_context_not_among_the_kubeconfig_contexts(rendered, dead_kubeconfig):
-    with pytest.raises(ClusterError, match=r"context 'prod'.*not among the contexts of .*\(staging\)"):
+    with pytest.raises(KubernetesError, match=r"context 'prod'.*not among the contexts of .*\(staging\)"):
         apply.run(rendered["prod"], environments.load("prod"), dry_run=False, kubeconfig=dead_kubeconfig)
 
 
 def test_unreachable_context_fails_clearly_when_applying_and_plans_when_dry(rendered, dead_kubeconfig):
     env = environments.load("staging")
-    with pytest.raises(ClusterError, match=r"context 'staging' cannot be reached: the API server at "
+    with pytest.raises(KubernetesError, match=r"context 'staging' cannot be reached: the API server at "
                                            r"https://127.0.0.1:\d+ did not answer \(.*refused"):
         apply.run(rendered["staging"], env, dry_run=False, kubeconfig=dead_kubeconfig, timeout=3)
     result = apply.run(rendered["staging"], env, dry_run=True, kubeconfig=dead_kubeconfig, timeout=3)

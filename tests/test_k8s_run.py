@@ -8,8 +8,8 @@ from stackbook.core.errors import ParameterError, UsageError
 
 
 def test_job_manifest_is_valid_and_compliant():
-    from stackbook.k8s import backend as k8s_run
     from stackbook.audit.kubernetes import check_all
+    from stackbook.k8s import backend as k8s_run
     from stackbook.k8s.validate import validate_manifests
     from stackbook.run.engine import RunOptions
 
@@ -89,3 +89,21 @@ def test_cli_on_kubernetes_without_cluster_exits_2_and_runs_nothing(cli):
     assert "kube_context" in doc["error"] and "infra/environments/dev.yml" in doc["error"]
     after = cli("runs", "--runbook", "platform_check", "--limit", "1000", "--json").json()
     assert len(after) == len(before)
+
+
+def test_a_job_that_printed_no_record_gets_a_failed_row_and_a_printed_one_is_read_back(db):
+    """No Job goes unrecorded: without a record in the pod's log, a `failed` row says why."""
+    import uuid
+
+    from stackbook.k8s.backend import _read_back
+    from stackbook.run import ledger
+
+    name = f"k8s_readback_{uuid.uuid4().hex[:6]}"
+    rec = _read_back(None, name, "dev", "Kubernetes job ns/run-x failed without a run record (see its pod events)")
+    try:
+        assert rec.status == "failed" and "without a run record" in rec.reason and rec.finished_at is not None
+        printed = {"id": rec.id, "runbook": name, "status": "running"}  # stale: the ledger's row wins
+        assert _read_back(printed, name, "dev", "unused") == ledger.get_run(db, rec.id)
+        assert ledger.list_runs(db, runbook=name) == [rec]
+    finally:
+        db.execute("delete from stackbook.runs where runbook = %s", (name,))

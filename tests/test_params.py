@@ -102,3 +102,45 @@ def test_malformed_assignment_and_cells():
         notebooks.parse_parameters("x: int = len([])\n", "nb")
     with pytest.raises(NotebookError, match="not valid Python"):
         notebooks.parse_parameters("x: int = \n", "nb")
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("x: int = 'abc'\n", "parameter 'x' is declared int but its default is 'abc', of type str"),
+    ("x: float = True\n", "declared float but its default is True, of type bool"),
+    ("x: list = {}\n", "declared list but its default is {}, of type dict"),
+    ("x: Literal['a'] = 'b'\n", "declared Literal['a'] but its default is 'b'"),
+    ("x = (1, 2)\n", "the default of parameter 'x' is (1, 2), of type tuple, which stackbook cannot pass"),
+])
+def test_a_default_must_match_its_declared_type(source, needle):
+    with pytest.raises(NotebookError) as err:
+        notebooks.parse_parameters(source, "nb")
+    assert needle in str(err.value)
+    # what still passes: an int for a float, None for any type, a matching Literal choice
+    assert [p.default for p in notebooks.parse_parameters("a: float = 1\nb: int = None\nc: Literal['a'] = 'a'\n",
+                                                           "nb")] == [1, None, "a"]
+
+
+@pytest.mark.parametrize("value,needle", [
+    (float("nan"), "is nan"), (float("-inf"), "is -inf"), ([1, {"k": float("inf")}], "holds inf"),
+    ("a\x00b", "NUL character"), ({"k\ud800": 1}, "lone surrogate (U+D800)"), ([b"raw"], "bytes value"),
+    (2 ** 20000, "integer too large"), ({(1, 2): 1}, "key of type tuple"),
+], ids=["nan", "-inf", "nested-inf", "nul", "surrogate-key", "bytes", "huge-int", "tuple-key"])
+def test_values_jsonb_cannot_store_are_named(value, needle):
+    assert needle in params.unstorable(value)
+
+
+def test_storable_values_pass_and_nesting_is_bounded():
+    assert params.unstorable({"a": [1, 2.5, None, True, "ünïcode", {"b": []}], 3: "int key"}) is None
+    loop: list = []
+    loop.append(loop)  # what a YAML alias loop (`&a [*a]`) builds
+    assert "nested deeper" in params.unstorable(loop)
+
+
+def test_resolve_names_the_parameter_and_keeps_messages_short():
+    with pytest.raises(ParameterError, match="parameter 'ratio' is nan"):
+        params.resolve(runbook(), cli=["ratio=nan"])
+    with pytest.raises(ParameterError, match="parameter 'items' holds a NUL"):
+        params.resolve(runbook(), file_values={"items": ["\x00"]})
+    with pytest.raises(ParameterError) as err:
+        params.resolve(runbook(), cli=["rows=" + "9" * 10000])
+    assert len(str(err.value)) < 120

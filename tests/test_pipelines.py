@@ -279,13 +279,15 @@ def test_list_and_show_the_daily_pipeline():
     listed = run_cli("pipeline", "list", "--json")
     assert listed.code == 0, listed
     daily = {p["name"]: p for p in listed.json()}["daily"]
-    assert daily["tasks"] == ["load_jaffle_shop", "build_warehouse", "train_customer_model", "compliance_audit"]
+    assert daily["tasks"] == ["load_jaffle_shop", "validate_raw", "build_warehouse", "train_customer_model",
+                              "score_customers", "check_model_drift", "compliance_audit"]
     assert daily["schedule"] == "0 6 * * *"
     shown = run_cli("pipeline", "show", "daily", "--json").json()
-    assert shown["order"][:2] == ["load_jaffle_shop", "build_warehouse"]
+    assert shown["order"][:3] == ["load_jaffle_shop", "validate_raw", "build_warehouse"]
     assert "test" in shown["profiles"]
     ups = {t["name"]: t["upstream"] for t in shown["tasks"]}
     assert ups["train_customer_model"] == ["build_warehouse"] and ups["compliance_audit"] == ["build_warehouse"]
+    assert ups["build_warehouse"] == ["validate_raw"] and ups["check_model_drift"] == ["score_customers"]
     missing = run_cli("pipeline", "show", "nope")
     assert missing.code == 2 and "no pipeline named 'nope'" in missing.err and "daily" in missing.err
 
@@ -294,7 +296,7 @@ def test_ploomber_stays_off_other_paths():
     code = ("import sys; import stackbook.cli, stackbook.run.engine, stackbook.pipelines, stackbook.cli.pipeline, "
             "stackbook.pipelines.spec, stackbook.pipelines.fastpath, stackbook.pipelines.execute, stackbook.schedules, "
             "stackbook.cli.schedule, stackbook.schedules.crontab, stackbook.schedules.airflow, "
-            "stackbook.k8s.cronjobs, stackbook.run.metrics, stackbook.k8s.backend; "
+            "stackbook.schedules.kubernetes, stackbook.run.metrics, stackbook.k8s.backend; "
             "assert 'ploomber' not in sys.modules, 'ploomber imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
@@ -335,3 +337,41 @@ def test_interrupted_pipeline_records_cancelled_and_exits_130(tmp_path, db, data
     rows = dict(db.execute("select runbook, status from stackbook.runs where pipeline_run_id = %s",
                            (pipeline_run,)).fetchall())
     assert rows == {"sleeps": "cancelled", "pipe_step": "cancelled"}
+
+
+def test_a_pipeline_refused_by_an_exclusive_lock_records_the_task_and_exits_3(tmp_path, db, database_url):
+    """Two pipeline runs of one exclusive runbook: the second is refused, its task has a `refused` row, exit 3."""
+    import time
+
+    from tests.conftest import STACKBOOK
+
+    exclusive = str(ROOT / "tests" / "fixtures" / "foundation" / "exclusive.ipynb")
+    specs = [make_pipeline(tmp_path / f"holder{i}", tasks=[
+        {"source": exclusive, "name": "hold", "product": "hold.ipynb", "params": {"seconds": 30 if i == 0 else 0}},
+        {"source": str(FIX / "pipe_step.ipynb"), "name": "after", "upstream": ["hold"], "product": "after.ipynb"},
+    ]) for i in (0, 1)]
+    first = subprocess.Popen([STACKBOOK, "pipeline", "run", str(specs[0]), "--force", "--json"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while "hold: started run" not in line and time.monotonic() < deadline:
+            line = first.stderr.readline()
+        assert "hold: started run" in line, line
+        holder = line.split("started run ")[1].split(":")[0]
+        second = run_cli("pipeline", "run", str(specs[1]), "--force", "--json")
+    finally:
+        first.terminate()
+        first.communicate(timeout=60)
+    assert second.code == 3, second
+    summary = second.json()
+    assert summary["status"] == "refused" and summary["refused"] == ["hold"] and summary["failed"] == []
+    assert "refused" in second.err and "hold" in second.err and "Traceback" not in second.err
+    t = by_task(summary)
+    assert t["hold"]["status"] == "refused" and holder in t["hold"]["reason"]
+    assert t["after"]["status"] == "upstream_failed"
+    rows = ledger_rows(db, summary["pipeline_run_id"])
+    assert [(r["status"], r["id"]) for r in rows["exclusive"]] == [("refused", t["hold"]["run_id"])]
+    assert holder in rows["exclusive"][0]["reason"] and rows["exclusive"][0]["finished_at"] is not None
+    assert [r["status"] for r in rows["pipe_step"]] == ["upstream_failed"]
+    listed = run_cli("runs", "--pipeline-run", summary["pipeline_run_id"], "--status", "refused", "--json").json()
+    assert [r["id"] for r in listed] == [t["hold"]["run_id"]]

@@ -85,7 +85,7 @@ def test_roles_are_least_privilege_logins_with_scram_passwords(provisioned):
         assert entry["exists"] and entry["canlogin"] and entry["scram_password"]
         assert not (entry["super"] or entry["createrole"] or entry["createdb"] or entry["replication"])
     for role in provision.role_names():
-        path = project.state_dir() / "credentials" / role
+        path = project.home_dir() / "credentials" / role
         if path.exists():  # generated here (not from a STACKBOOK_*_PASSWORD secret)
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
 

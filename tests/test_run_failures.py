@@ -9,9 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from stackbook.run import ledger
-from tests.conftest import ROOT, STACKBOOK
-from tests.test_cli import nb
+from tests.conftest import ROOT, STACKBOOK, nb
 
 
 def alive(pid: int) -> bool:
@@ -50,6 +51,12 @@ def running_row(db, runbook: str, proc: subprocess.Popen):
     ).fetchone()
 
 
+def cell_states(notebook: dict) -> list[str]:
+    """Papermill's status of every code cell that has one, in order."""
+    return [c["metadata"]["papermill"]["status"] for c in notebook["cells"]
+            if c["cell_type"] == "code" and "papermill" in c["metadata"]]
+
+
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([STACKBOOK, "run", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -63,6 +70,8 @@ def test_kernel_that_kills_itself(cli):
     partial = json.loads(Path(rec["output"]).read_text())
     outputs = [o for c in partial["cells"] for o in c.get("outputs", [])]
     assert any("about to die" in "".join(o.get("text", "")) for o in outputs)  # the partial notebook was kept
+    assert cell_states(partial)[-1] == "failed"  # the cell the kernel died in (issue 10), never "completed"
+    assert "running" not in cell_states(partial)
 
 
 def test_cell_timeout(cli):
@@ -123,9 +132,10 @@ def test_ctrl_c_cancels_and_keeps_partial_notebook(db):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     rec = ledger.get_run(db, run_id)
-    assert rec["status"] == "cancelled"
-    partial = json.loads(Path(rec["output"]).read_text())
+    assert rec.status == "cancelled"
+    partial = json.loads(Path(rec.output).read_text())
     assert any("sleeping" in "".join(o.get("text", "")) for c in partial["cells"] for o in c.get("outputs", []))
+    assert cell_states(partial)[-1] == "failed" and "running" not in cell_states(partial)  # not "completed"
     wait_for(lambda: not alive(kernel_pid), timeout=20)
 
 
@@ -150,3 +160,92 @@ def test_lock_is_freed_when_its_holder_dies(db, cli):
     first.wait()
     res = cli("run", nb("exclusive"), "-p", "seconds=0")
     assert res.code == 0, res
+
+
+# ------------------------------------------------------------------ the run store, and the row on every path
+
+
+@pytest.mark.parametrize("store,needle", [
+    ("{tmp}/a-file/runs", "cannot be written"),  # a folder that cannot be created (a file is in the way)
+    ("ftp://x", "uses ftp://, which papermill cannot write"),
+])
+def test_run_store_that_cannot_be_written_is_exit_2_and_records_nothing(cli, db, tmp_path, store, needle):
+    (tmp_path / "a-file").write_text("in the way\n")
+    store = store.format(tmp=tmp_path)
+    res = cli("run", nb("typed"), "--json", env={"STACKBOOK_RUN_STORE": store})
+    assert res.code == 2, res
+    doc = res.json()
+    assert doc["kind"] == "UsageError" and needle in doc["error"] and "nothing was executed" in doc["error"]
+    assert "STACKBOOK_RUN_STORE" in doc["error"] and "Traceback" not in res.err
+    ledger.ensure_schema(db)  # other tests may run "typed" meanwhile: look for a row of this store only
+    rows = db.execute("select id from stackbook.runs where output like %s", (store + "/%",)).fetchall()
+    assert rows == []  # no row: nothing ran
+    assert (tmp_path / "a-file").read_text() == "in the way\n"
+
+
+def test_run_store_files_are_owner_only_and_a_failed_write_leaves_no_temporary_file(tmp_path):
+    from stackbook.run import runstore
+
+    folder = tmp_path / "dev" / "rb"
+    runstore.write_text(str(folder / "1.ipynb"), "{}\n")
+    assert (folder / "1.ipynb").stat().st_mode & 0o777 == 0o600
+    (folder / "2.ipynb").mkdir()  # a folder where the notebook goes: the rename fails after the write
+    (folder / "2.ipynb" / "keep").write_text("")
+    with pytest.raises(OSError):
+        runstore.write_text(str(folder / "2.ipynb"), "{}\n")
+    assert sorted(p.name for p in folder.iterdir()) == ["1.ipynb", "2.ipynb"]  # no .tmp left behind
+    assert (folder / "1.ipynb").read_text() == "{}\n"
+
+
+def exclusive_lock_is_free(db, runbook: str, env: str = "dev") -> bool:
+    """Whether another session could take RUNBOOK's lock now (taken and given back at once)."""
+    key = ledger.lock_key(runbook, env)
+    got = db.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
+    if got:
+        db.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    return got
+
+
+def test_final_save_that_fails_finishes_the_row_failed_and_frees_the_lock(db, tmp_path, monkeypatch):
+    """In one process, as a pipeline runs its tasks: the run store breaks under a running exclusive runbook."""
+    from stackbook.run import engine
+
+    monkeypatch.setenv("STACKBOOK_RUN_STORE", str(tmp_path / "runs"))
+    options = engine.RunOptions(progress="off")
+    rec = engine.run(nb("breaks_run_store"), options)
+    assert rec.status == "failed" and "executed notebook not written" in rec.reason, rec
+    assert rec.finished_at is not None and ledger.get_run(db, rec.id).status == "failed"
+    assert exclusive_lock_is_free(db, "breaks_run_store")
+    Path(rec.output).parent.unlink()  # the file the runbook put in the folder's place
+    again = engine.run(nb("breaks_run_store"), engine.RunOptions(cli_params=["break_store=false"], progress="off"))
+    assert again.status == "succeeded", again  # not refused: the first run let go of the lock
+    assert json.loads(Path(again.output).read_text())["metadata"]["stackbook"]["run"]["status"] == "succeeded"
+
+
+class _Boom(Exception):
+    pass
+
+
+class FailOnStart:
+    """An ``on_start`` that fails after the row was opened (as a pipeline's could); keeps the run id."""
+
+    run_id: str | None = None
+
+    def __call__(self, run_id: str) -> None:
+        self.run_id = run_id
+        raise _Boom("on_start broke")
+
+
+def test_an_error_after_the_row_opened_finishes_it_and_frees_the_lock(db, tmp_path, monkeypatch):
+    from stackbook.run import engine
+
+    monkeypatch.setenv("STACKBOOK_RUN_STORE", str(tmp_path / "runs"))
+    prep = engine.prepare(nb("exclusive"), engine.RunOptions(cli_params=["seconds=0"], progress="off"))
+    hook = FailOnStart()
+    with pytest.raises(_Boom):
+        engine.execute(prep, on_start=hook)
+    rec = ledger.get_run(db, hook.run_id)
+    assert rec.status == "failed" and "_Boom: on_start broke" in rec.reason and rec.finished_at is not None
+    assert rec.error["ename"] == "_Boom"
+    assert exclusive_lock_is_free(db, "exclusive")
+    assert engine.execute(prep).status == "succeeded"  # a second run of the exclusive runbook is not refused

@@ -72,3 +72,13 @@ class TestRunbook:
         if rb.metadata.get("destructive"):
             dry = rb.parameter("dry_run")
             assert dry is not None and dry.type == "bool" and dry.default is True, f"{path.stem}: dry_run must default True"
+
+
+@pytest.mark.parametrize("path", RUNBOOKS, ids=lambda p: p.stem)
+def test_every_input_glob_matches_a_file(path: Path):
+    """``metadata.stackbook.inputs`` feed the pipelines' up-to-date check: a glob that matches nothing
+    (a module that moved) would silently stop a changed library from re-running the runbook."""
+    inputs = json.loads(path.read_text())["metadata"]["stackbook"].get("inputs") or []
+    root = project.root()
+    dead = [glob for glob in inputs if not any(root.glob(glob))]
+    assert dead == [], f"{path.stem}: inputs that match no file: {dead}"

@@ -31,7 +31,8 @@ def test_crontab_lines_parse_as_cron():
         assert ".venv/bin/stackbook " in command and " -e dev " in command
         assert re.search(r">> \S*\.stackbook/logs/\S+\.log 2>&1$", command), command
         kinds.add(shlex.split(command.split(".venv/bin/stackbook ", 1)[1])[0])
-    assert kinds == {"pipeline", "run"}  # the daily pipeline and the scheduled runbooks
+    assert kinds == {"pipeline", "run", "check"}  # the daily pipeline, the scheduled runbooks, stackbook check
+    assert ".venv/bin/stackbook check -e dev >> .stackbook/logs/check.log 2>&1" in res.out
     assert "pipeline run daily -e dev" in res.out
     assert "DO_NOT_TRACK=1" in res.out and "PLOOMBER_STATS_ENABLED=false" in res.out
     bad = run_cli("schedule", "crontab", "-e", "nowhere")
@@ -62,6 +63,8 @@ def test_cronjobs_valid_and_compliant(tmp_path, env):
     failing = [f for f in check_all(docs) if f.status != "pass"]
     assert failing == [], failing
     by_name = {d["metadata"]["name"]: d for d in docs}
+    check = by_name["stackbook-check"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert check["args"] == ["check", "-e", "$(STACKBOOK_ENV)"]
     daily = by_name["pipeline-daily"]
     assert daily["spec"]["schedule"] == "0 6 * * *"
     pod = daily["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -82,7 +85,7 @@ def test_cronjobs_valid_and_compliant(tmp_path, env):
 
 def test_cronjob_that_breaks_the_rules_is_refused():
     from stackbook.schedules import ScheduleError
-    from stackbook.k8s import cronjobs as k8s_mod
+    from stackbook.schedules import kubernetes as k8s_mod
 
     cronjobs = k8s_mod.manifests("dev")
     pod = cronjobs[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -103,8 +106,9 @@ def test_airflow_files_compile_with_dependencies(tmp_path):
     assert "from airflow.sdk import DAG" in source and "STACKBOOK_AIRFLOW_EXECUTOR" in source
     edges = {(n.value.left.id, n.value.right.id) for n in ast.walk(tree)
              if isinstance(n, ast.Expr) and isinstance(n.value, ast.BinOp) and isinstance(n.value.op, ast.RShift)}
-    assert edges == {("load_jaffle_shop", "build_warehouse"), ("build_warehouse", "train_customer_model"),
-                     ("build_warehouse", "compliance_audit")}
+    assert edges == {("load_jaffle_shop", "validate_raw"), ("validate_raw", "build_warehouse"),
+                     ("build_warehouse", "train_customer_model"), ("build_warehouse", "compliance_audit"),
+                     ("train_customer_model", "score_customers"), ("score_customers", "check_model_drift")}
     assert "'-p', 'years=1'" in source  # the pipeline's parameters, expanded from env.yaml
 
 
@@ -132,7 +136,7 @@ def test_platform_image_installs_from_the_lock_and_runs_as_the_manifests_uid():
     from stackbook.k8s import backend as k8s_run
     from stackbook.run.engine import RunOptions
     from stackbook.schedules import airflow as airflow_mod
-    from stackbook.k8s import cronjobs as k8s_mod
+    from stackbook.schedules import kubernetes as k8s_mod
 
     pods = [cj["spec"]["jobTemplate"]["spec"]["template"]["spec"] for cj in k8s_mod.manifests("prod")]
     pods.append(k8s_run.job_manifest("platform_check", RunOptions(env="prod"), run_store="s3://x/y")

@@ -78,12 +78,14 @@ def names(database_url):
 
 def test_tracking_store_is_the_local_mlflow_database_through_psycopg3(database_url):
     uri = train.tracking_uri()
-    assert uri.startswith("postgresql+psycopg://") and uri.endswith("/mlflow")
+    assert uri.startswith("postgresql+psycopg://") and uri.endswith("/mlflow_test")  # the tests' own (conftest)
     shown = train.describe_store()
     from stackbook.run import db
 
     assert db.password(db.url()) not in shown["tracking_uri"] and ":***@" in shown["tracking_uri"]
-    assert shown["artifacts"].endswith(".stackbook/mlflow/artifacts")
+    from stackbook.core import project
+
+    assert shown["artifacts"] == str(project.state_dir() / "mlflow" / "artifacts")
 
 
 def test_dataset_uses_only_what_was_known_at_the_cutoff():

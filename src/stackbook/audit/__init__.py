@@ -9,11 +9,11 @@ modules register themselves at import: ``kubernetes``, ``postgres``,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 SEVERITIES = ("low", "medium", "high", "critical")
-STATUSES = ("pass", "fail", "error", "skip")
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,15 @@ CHECKS: dict[str, Callable[..., Iterable[Finding]]] = {}
 
 def register(rule: Rule) -> Callable:
     """Decorator: ``@register(Rule(...))`` over a function that yields Findings."""
+    return functools.partial(_add_check, rule)
 
-    def wrap(fn: Callable[..., Iterable[Finding]]) -> Callable[..., Iterable[Finding]]:
-        if rule.id in RULES:
-            raise ValueError(f"duplicate audit rule id {rule.id}")
-        RULES[rule.id] = rule
-        CHECKS[rule.id] = fn
-        return fn
 
-    return wrap
+def _add_check(rule: Rule, fn: Callable[..., Iterable[Finding]]) -> Callable[..., Iterable[Finding]]:
+    if rule.id in RULES:
+        raise ValueError(f"duplicate audit rule id {rule.id}")
+    RULES[rule.id] = rule
+    CHECKS[rule.id] = fn
+    return fn
 
 
 def finding(rule_id: str, status: str, resource: str, evidence: str) -> Finding:

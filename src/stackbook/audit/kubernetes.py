@@ -14,6 +14,7 @@ limits and pinned image tags. Each rule yields one finding per workload:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -98,18 +99,15 @@ def _per_workload(rule_id: str, manifests: Iterable[dict], check: Callable[[dict
 
 
 def _register(rule_id: str, title: str, severity: str, controls: tuple[str, ...], fix: str, passed: str):
-    """Register ``check(spec, manifest) -> problems`` as rule ``rule_id`` yielding a finding per workload."""
+    """Decorator: register ``check(spec, manifest) -> problems`` as rule ``rule_id``, a finding per workload
+    (``passed`` is the evidence of a workload without problems). The check itself stays as it is."""
+    rule = Rule(id=rule_id, title=title, severity=severity, controls=controls, fix=fix, area=AREA)
+    return functools.partial(_add_workload_check, rule, passed)
 
-    def wrap(check: Callable[[dict, dict], list[str]]):
-        @register(Rule(id=rule_id, title=title, severity=severity, controls=controls, fix=fix, area=AREA))
-        def run(manifests: list[dict]) -> Iterable[Finding]:
-            return _per_workload(rule_id, manifests, check, passed)
 
-        run.__doc__ = check.__doc__
-        run.__name__ = f"check_{rule_id.replace('-', '_').lower()}"
-        return run
-
-    return wrap
+def _add_workload_check(rule: Rule, passed: str, check: Callable[[dict, dict], list[str]]):
+    register(rule)(functools.partial(_per_workload, rule.id, check=check, passed=passed))
+    return check
 
 
 # ----------------------------------------------------------------------------- rules

@@ -223,7 +223,7 @@ select runbook,
        (array_agg(results order by started_at desc) filter (where status <> 'running'))[1] as last_results
   from stackbook.runs
  where env = %s and runbook = any(%s)
-   and status not in ('skipped', 'upstream_failed')  -- rows of runs that never started
+   and status not in ('skipped', 'upstream_failed', 'refused')  -- rows of runs that never started
  group by runbook
 """
 
@@ -244,12 +244,13 @@ def ledger_stats(conn, env: str, runbooks: Iterable[str]) -> tuple[dict[str, dic
 def catalogue() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Runbook metadata from the catalogue, and (path, error) for notebooks that cannot be read."""
     from stackbook.core import catalog, notebooks, project
+    from stackbook.core.errors import NotebookError
 
     runbooks, broken = [], []
     for path in catalog.paths():
         try:
             rb = notebooks.load(path, project.runbooks_dir())
-        except Exception as exc:  # a broken notebook must not hide the others
+        except (NotebookError, OSError) as exc:  # a broken notebook must not hide the others: OPS-002 reports it
             broken.append((str(path), str(exc)))
             continue
         runbooks.append({"name": rb.name, **{k: rb.metadata.get(k) for k in
@@ -280,9 +281,3 @@ def check_all(ctx: dict, rules: Iterable[str] | None = None) -> list[Finding]:
 
 def audit(env: str, conn=None) -> list[Finding]:
     return check_all(context(env, conn))
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-

@@ -34,8 +34,6 @@ BOOTSTRAP_OID = 10
 SETTINGS = ("ssl", "password_encryption", "log_connections", "log_disconnections")
 WEAK_HBA_METHODS = ("password", "md5")
 
-_SOC_ACCESS = ("SOC2 CC6.1",)
-
 
 def _rule(id: str, title: str, severity: str, controls: Iterable[str], fix: str) -> Rule:
     return Rule(id=id, title=title, severity=severity, controls=tuple(controls), fix=fix, area=AREA)

@@ -14,8 +14,11 @@ applicable, or not verifiable with the audit's privileges, with the reason in
 the evidence; never counted as failed).
 
 An area that cannot run at all yields one ``AUDIT-001`` finding: ``skip`` when
-its rule module is not installed (the Kubernetes rules, until they land) or it
-has nothing to check, ``error`` when it raised.
+it has nothing to check (no Kubernetes overlay for the environment), ``error``
+when it raised (a broken overlay, an unreachable database). An audit that cannot
+read the secret values its evidence must never show (a declared secret or an
+``.env`` file that cannot be read) stops with ``AuditRedactionError`` and writes
+no report: evidence it could not redact is not written anywhere.
 
 Per-environment settings, from the environment file's ``audit`` mapping::
 
@@ -35,28 +38,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from stackbook.audit import RULES, SEVERITIES, Finding, Rule, at_or_above, finding, register
-from stackbook.core.errors import StackbookError, UsageError
+from stackbook.core.errors import (AuditFailed, AuditRedactionError, DatabaseUnavailable, ManifestError, StackbookError,
+                                   UsageError)
 
 AREAS = ("kubernetes", "postgres", "secrets", "operations")
 FAILED = ("fail", "error")
 REPORT_VERSION = 1
 
 
-class AuditFailed(StackbookError):
-    """A check at or above the ``fail_on`` severity failed (or could not be made)."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, failing_ids: list[str], report_path: str | None = None, **kw):
-        super().__init__(message, **kw)
-        self.failing_ids = failing_ids
-        self.report_path = report_path
-
-
 @register(Rule(id="AUDIT-001", title="Every audit area could be checked", severity="high",
                controls=("SOC2 CC7.1", "ISO27001 A.5.35", "ISO27001 A.5.36"),
-               fix="Read the evidence: install the missing rule module, give the audit the access it needs "
-                   "(database, manifests), or fix the error it names, then run the audit again.",
+               fix="Read the evidence: give the audit the access it needs (database, manifests), or fix the "
+                   "error it names, then run the audit again.",
                area="audit"))
 def _area_status(_ctx: Any = None):  # findings are made by ``run``; the rule exists for its metadata
     return []
@@ -66,68 +59,53 @@ def _area_status(_ctx: Any = None):  # findings are made by ``run``; the rule ex
 
 
 def _area_kubernetes(env: str, opts: dict) -> list[Finding]:
-    import importlib
+    from stackbook.audit import kubernetes as rules
 
-    try:
-        k8s = importlib.import_module("stackbook.audit.kubernetes")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("stackbook.audit.kubernetes"):
-            return [finding("AUDIT-001", "skip", "area/kubernetes",
-                            "the Kubernetes rules (stackbook.audit.kubernetes) are not installed in this checkout: "
-                            "no manifest was checked")]
-        raise
     manifests_dir = opts.get("manifests_dir") or ""
     if manifests_dir:
-        path = Path(manifests_dir)
-        if not path.is_absolute() and not path.exists():
-            from stackbook.core import project
-
-            path = project.root() / manifests_dir
-        if not path.exists():
-            raise UsageError(f"manifests_dir {manifests_dir!r}: no such file or folder")
-        manifests = k8s.load_manifests(path)
-        where = str(path)
+        path = _manifests_path(manifests_dir)
+        manifests, where = rules.load_manifests(path), str(path)
     else:
-        manifests, where = _rendered_manifests(env, k8s)
-        if manifests is None:
-            return [finding("AUDIT-001", "skip", "area/kubernetes", where)]
-    findings = list(k8s.check_all(manifests))
+        nothing = _nothing_to_render(env)
+        if nothing:
+            return [finding("AUDIT-001", "skip", "area/kubernetes", nothing)]
+        from stackbook.k8s import render
+
+        try:
+            manifests = render.render(env)
+        except ManifestError as exc:  # a broken overlay is a finding, not a crash of the whole audit
+            return [finding("AUDIT-001", "error", "area/kubernetes", f"rendering infra/k8s for {env} failed: {exc}")]
+        where = f"infra/k8s rendered for {env}"
+    findings = list(rules.check_all(manifests))
     if not findings:
         return [finding("AUDIT-001", "skip", "area/kubernetes", f"no workload found in {where}")]
     return findings
 
 
-def _rendered_manifests(env: str, k8s) -> tuple[list | None, str]:
-    """The environment's manifests rendered from infra/k8s by ``stackbook.k8s.render``, or (None, why not)."""
+def _manifests_path(manifests_dir: str) -> Path:
+    """``manifests_dir`` as given, else relative to the project root; a UsageError when it does not exist."""
     from stackbook.core import project
+
+    path = Path(manifests_dir)
+    if not path.is_absolute() and not path.exists():
+        path = project.root() / manifests_dir
+    if not path.exists():
+        raise UsageError(f"manifests_dir {manifests_dir!r}: no such file or folder")
+    return path
+
+
+def _nothing_to_render(env: str) -> str | None:
+    """Why the project has no Kubernetes manifests for ``env`` to check, or None when it has an overlay."""
+    from stackbook.core import project
+    from stackbook.k8s import render
 
     base = project.root() / "infra" / "k8s"
     if not base.exists():
-        return None, f"no Kubernetes manifests in this project ({base} does not exist): nothing to check"
-    import importlib
-
-    try:
-        render = importlib.import_module("stackbook.k8s.render")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("stackbook.k8s"):
-            return None, ("the manifest renderer (stackbook.k8s.render) is not installed: pass manifests_dir "
-                          "to check a folder of manifests")
-        raise
-    fn = getattr(render, "render", None) or getattr(render, "render_env", None)
-    if fn is None:
-        return None, "stackbook.k8s.render has no render(env) function: pass manifests_dir"
-    overlay = getattr(render, "overlay_dir", None)
-    if overlay is not None and not Path(overlay(env)).exists():
-        return None, f"no Kubernetes overlay for environment {env} ({overlay(env)}): nothing to check"
-    try:
-        out = fn(env)
-    except Exception as exc:  # a broken overlay is a finding, not a crash of the whole audit
-        raise RuntimeError(f"rendering infra/k8s for {env} failed: {exc}") from exc
-    if isinstance(out, (str, Path)):
-        return k8s.load_manifests(Path(out)), str(out)
-    if isinstance(out, dict) and "manifests" in out:
-        out = out["manifests"]
-    return list(out), f"infra/k8s rendered for {env}"
+        return f"no Kubernetes manifests in this project ({base} does not exist): nothing to check"
+    overlay = render.overlay_dir(env)
+    if not overlay.exists():
+        return f"no Kubernetes overlay for environment {env} ({overlay}): nothing to check"
+    return None
 
 
 def _area_postgres(env: str, opts: dict) -> list[Finding]:
@@ -310,6 +288,7 @@ class Report:
     def write(self, folder: Path | None = None) -> str:
         """Write the JSON report under ``.stackbook/audit/<env>/`` (and next to the run under the runner)."""
         from stackbook.core import project
+        from stackbook.core.files import atomic_write_text
         from stackbook.run import runstore
 
         folder = Path(folder) if folder else project.state_dir() / "audit" / self.env
@@ -318,9 +297,7 @@ class Report:
         path = folder / f"{stamp}.json"
         if path.exists():
             path = folder / f"{stamp}-{secrets.token_hex(2)}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json())
         self.path = str(path)
         run_output = os.environ.get("STACKBOOK_RUN_OUTPUT")
         if run_output:
@@ -336,14 +313,13 @@ def _rule_dict(rule: Rule) -> dict[str, Any]:
 
 
 def environment_settings(env: str) -> dict[str, Any]:
-    """The environment file's ``audit`` mapping (empty when the file or the key is missing)."""
+    """The environment file's ``audit`` mapping: empty when the environment has no file or no such key;
+    an ``EnvironmentFileError`` when its file is malformed (the audit does not guess its settings)."""
     from stackbook.core import environments
-    from stackbook.core.errors import EnvironmentFileError
 
-    try:
-        data = environments.load(env).get("audit") or {}
-    except EnvironmentFileError:
+    if env not in environments.available():
         return {}
+    data = environments.load(env).get("audit") or {}
     if not isinstance(data, dict):
         raise UsageError(f"environment {env!r}: audit must be a mapping (severity, admin_roles)", env=env)
     return data
@@ -360,32 +336,25 @@ def apply_overrides(findings: list[Finding], overrides: dict[str, str]) -> None:
 
 
 def _database_label(conn=None) -> str | None:
-    """user@host:port/dbname of the audited database (never the password)."""
+    """user@host:port/dbname of the audited database (never the password); None without a database."""
+    if conn is not None:
+        i = conn.info
+        return f"{i.user}@{i.host}:{i.port}/{i.dbname}"
+    from urllib.parse import urlsplit
+
+    from stackbook.run import db
+
     try:
-        if conn is not None:
-            i = conn.info
-            return f"{i.user}@{i.host}:{i.port}/{i.dbname}"
-        from urllib.parse import urlsplit
-
-        from stackbook.run import db
-
         u = urlsplit(db.url())
-        return f"{u.username}@{u.hostname}:{u.port}{u.path}"
-    except Exception:
+    except DatabaseUnavailable:
         return None
+    return f"{u.username}@{u.hostname}:{u.port}{u.path}"
 
 
 def _git_commit() -> str | None:
-    import subprocess
-
     from stackbook.core import project
 
-    try:
-        out = subprocess.run(["git", "-C", str(project.root()), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
+    return project.git_commit()
 
 
 def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests_dir: str = "",
@@ -395,46 +364,24 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
 
     ``areas``: a subset of ``AREAS`` (default all). ``severity`` defaults to the environment file's
     ``audit.severity``; ``admin_roles`` adds to its ``audit.admin_roles``. Nothing raises for a failing
-    check: call ``Report.check()``.
+    check: call ``Report.check()``. ``AuditRedactionError`` when the secret values the evidence must
+    never show cannot be read (nothing is checked or written then).
     """
     from stackbook.core import environments
     from stackbook.run.scrub import Scrubber
 
     env = env or environments.current().name
-    if fail_on not in SEVERITIES:
-        raise UsageError(f"fail_on must be one of {', '.join(SEVERITIES)}, got {fail_on!r}")
-    selected = list(areas) if areas else list(AREAS)
-    unknown = [a for a in selected if a not in AREA_RUNNERS]
-    if unknown:
-        raise UsageError(f"unknown audit area {', '.join(map(repr, unknown))}: choose from {', '.join(AREAS)}")
+    selected = _selected_areas(areas, fail_on)
     settings = environment_settings(env)
-    overrides = dict(settings.get("severity") or {}) if severity is None else dict(severity)
-    bad = {k: v for k, v in overrides.items() if v not in SEVERITIES}
-    if bad:
-        raise UsageError(f"environment {env!r}: audit.severity values must be one of {SEVERITIES}: {bad}", env=env)
+    overrides = _severity_overrides(env, settings, severity)
+    known = _known_secrets(env) if known_secrets is None else known_secrets  # first: no redaction, no audit
     opts = {"manifests_dir": manifests_dir, "conn": conn,
             "admin_roles": sorted(set(settings.get("admin_roles") or []) | set(admin_roles or [])),
-            "known_secrets": known_secrets}
+            "known_secrets": known}
     generated = datetime.now(timezone.utc)
-    findings: list[Finding] = []
-    timings: dict[str, float] = {}
-    for area in selected:
-        started = datetime.now(timezone.utc)
-        try:
-            findings.extend(AREA_RUNNERS[area](env, opts))
-        except UsageError:
-            raise
-        except Exception as exc:  # the other areas still run; the error is a finding
-            findings.append(finding("AUDIT-001", "error", f"area/{area}", f"{type(exc).__name__}: {exc}"))
-        timings[area] = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+    findings, timings = _run_areas(env, selected, opts)
     apply_overrides(findings, overrides)
-    # last line of defence: no known secret value in the evidence
-    try:
-        from stackbook.audit.secrets_scan import known_secrets as _known
-
-        scrub = Scrubber(known_secrets if known_secrets is not None else _known(env))
-    except Exception:
-        scrub = Scrubber({})
+    scrub = Scrubber(known)  # last line of defence: no known secret value in the evidence
     for f in findings:
         f.evidence = scrub.text(f.evidence)
         f.resource = scrub.text(f.resource)
@@ -449,9 +396,62 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
     return report
 
 
+def _selected_areas(areas: Iterable[str] | None, fail_on: str) -> list[str]:
+    """The areas to audit (default all); a UsageError for an unknown one or an unknown fail_on."""
+    if fail_on not in SEVERITIES:
+        raise UsageError(f"fail_on must be one of {', '.join(SEVERITIES)}, got {fail_on!r}")
+    selected = list(areas) if areas else list(AREAS)
+    unknown = [a for a in selected if a not in AREA_RUNNERS]
+    if unknown:
+        raise UsageError(f"unknown audit area {', '.join(map(repr, unknown))}: choose from {', '.join(AREAS)}")
+    return selected
+
+
+def _severity_overrides(env: str, settings: dict[str, Any], severity: dict[str, str] | None) -> dict[str, str]:
+    overrides = dict(settings.get("severity") or {}) if severity is None else dict(severity)
+    bad = {k: v for k, v in overrides.items() if v not in SEVERITIES}
+    if bad:
+        raise UsageError(f"environment {env!r}: audit.severity values must be one of {SEVERITIES}: {bad}", env=env)
+    return overrides
+
+
+def _known_secrets(env: str) -> dict[str, str]:
+    """The values the report must never show; ``AuditRedactionError`` when they cannot be read."""
+    from stackbook.audit.secrets_scan import known_secrets
+    from stackbook.core import project
+
+    try:
+        return known_secrets(env)
+    except (OSError, ValueError, StackbookError) as exc:  # an unreadable .env, a broken cluster file ...
+        root = project.root()
+        raise AuditRedactionError(
+            f"audit of {env}: cannot read the secret values its evidence must never show "
+            f"({type(exc).__name__}: {exc}); the audit stopped before checking anything and wrote no report. "
+            f"Fix what the error names (declared secrets are read from the process environment, "
+            f"{root / f'.env.{env}'} and {root / '.env'}), then run the audit again", env=env) from exc
+
+
+def _run_areas(env: str, selected: list[str], opts: dict) -> tuple[list[Finding], dict[str, float]]:
+    """The findings of every selected area and the seconds each took; an area that raised is an
+    ``AUDIT-001`` error finding (the other areas still run), except for bad usage, which stops the audit."""
+    findings: list[Finding] = []
+    timings: dict[str, float] = {}
+    for area in selected:
+        started = datetime.now(timezone.utc)
+        try:
+            findings.extend(AREA_RUNNERS[area](env, opts))
+        except UsageError:
+            raise
+        except Exception as exc:  # recorded: the error is a finding, counted as failed
+            findings.append(finding("AUDIT-001", "error", f"area/{area}", f"{type(exc).__name__}: {exc}"))
+        timings[area] = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+    return findings, timings
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """A written report, as a dict."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-__all__ = ["AREAS", "AuditFailed", "Report", "run", "load", "environment_settings", "apply_overrides"]
+__all__ = ["AREAS", "AuditFailed", "AuditRedactionError", "Report", "run", "load", "environment_settings",
+           "apply_overrides"]

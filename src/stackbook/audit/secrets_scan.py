@@ -5,6 +5,11 @@
   (``<run store>/<env>/**/*.ipynb``): cell sources, outputs, tracebacks and
   metadata. Scrubbed markers (``[secret:NAME]``) are what the runner writes
   instead of a secret: they are fine.
+* SEC-003: the project-local PostgreSQL's server log (``postgres.log`` beside its
+  data; any size, read in blocks). The cluster logs connections but no statement
+  text nor ERROR line (``stackbook.run.pgcluster.LOG_SETTINGS``); a hit here is a
+  value that reached the log before that, or a setting changed by hand. With
+  ``DATABASE_URL`` set, the server's log is where the server runs: skipped.
 
 What counts as a secret (``detect(text)``):
 
@@ -13,7 +18,9 @@ What counts as a secret (``detect(text)``):
 * an assignment to a name that says password/secret/token/api key/... of a quoted
   literal that looks random (length >= 8, two or more character classes,
   Shannon entropy >= 3 bits per character, not a placeholder such as
-  ``${VAR}``, ``<password>``, ``changeme``); in configuration files
+  ``${VAR}``, ``<password>``, ``changeme``, nor a filesystem path such as the
+  working directory in a printed environment, ``PWD=/work/main``: the keyword
+  ``pwd`` stays, its directory is not a credential); in configuration files
   (``.env``, ``.yml``, ``.ini`` ...) unquoted values count too;
 * a URL with an inline password that looks random (``postgresql://u:p4ss...@host``);
 * the value of a *known* secret (the database password, every secret that a
@@ -32,8 +39,10 @@ evidence, so an auditor sees that they exist.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
+import os
 import re
 import subprocess
 from collections import Counter
@@ -42,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from stackbook.audit import Finding, Rule, finding, register, run_checks
+from stackbook.core.errors import DatabaseUnavailable, NotebookError, SecretError
 
 AREA = "secrets"
 ALLOWLIST_FILE = "infra/audit/secrets_allowlist.txt"
@@ -115,11 +125,14 @@ def _urls(text: str, _low: str) -> Iterator[tuple[int, int, str, str]]:
 
 
 def _regex_matches(pattern: re.Pattern, kind: str) -> Callable[[str, str], Iterator[tuple[int, int, str, str]]]:
-    def run(text: str, _low: str) -> Iterator[tuple[int, int, str, str]]:
-        for m in pattern.finditer(text):
-            groups = m.groupdict()
-            yield m.start(), m.end(), groups.get("value") or m.group(0), groups.get("name") or ""
-    return run
+    """The matcher of one pattern: ``matcher(text, lowered)`` yields (start, end, value, name)."""
+    return functools.partial(_regex_finditer, pattern)
+
+
+def _regex_finditer(pattern: re.Pattern, text: str, _low: str) -> Iterator[tuple[int, int, str, str]]:
+    for m in pattern.finditer(text):
+        groups = m.groupdict()
+        yield m.start(), m.end(), groups.get("value") or m.group(0), groups.get("name") or ""
 
 
 FAST = {"password assignment": _assignments, "URL with inline password": _urls}
@@ -137,6 +150,10 @@ PLACEHOLDER = re.compile(
 )
 IDENTIFIER_LIKE = re.compile(r"^[a-z]+(?:[-_.][a-z0-9]+)*$|^[A-Z]+(?:[-_.][A-Z0-9]+)*$|^[A-Za-z]+(?:\.[A-Za-z_]+)+$")
 SCRUBBED = re.compile(r"\[secret:[A-Za-z0-9_.-]+\]")
+# An absolute path whose top directory is a plain word (/work/main, ~/src, /tmp/ssh-x/agent.1): what PWD,
+# OLDPWD, GIT_ASKPASS or SSH_AUTH_SOCK hold. No '+' or '=', and a first segment in lower case after its first
+# letter, so a base64 secret that happens to start with '/' still counts.
+FILESYSTEM_PATH = re.compile(r"^~?/[A-Za-z][a-z0-9._@-]*(?:/[\w.@-]+)*/?$")
 
 
 def _rule(id: str, title: str, severity: str, controls: Iterable[str], fix: str) -> Rule:
@@ -158,6 +175,8 @@ def entropy(value: str) -> float:
 def looks_random(value: str) -> bool:
     """A literal that looks like a real credential rather than a name or a placeholder."""
     if len(value) < MIN_LENGTH or PLACEHOLDER.search(value) or IDENTIFIER_LIKE.match(value):
+        return False
+    if FILESYSTEM_PATH.match(value):
         return False
     classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
     return classes >= 2 and entropy(value) >= MIN_ENTROPY
@@ -293,12 +312,12 @@ def allowed(path: str, globs: Iterable[str]) -> str | None:
 def tracked_files(root: Path) -> list[str]:
     proc = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, timeout=60)
     if proc.returncode != 0:
-        raise NotARepository(f"{root} is not a git repository: {proc.stderr.decode(errors='replace').strip()}")
+        raise _NotARepository(f"{root} is not a git repository: {proc.stderr.decode(errors='replace').strip()}")
     return [p for p in proc.stdout.decode().split("\0") if p]
 
 
-class NotARepository(Exception):
-    pass
+class _NotARepository(Exception):
+    """``git ls-files`` failed: the root is not a git repository (SEC-001 reports a skip, not an error)."""
 
 
 @dataclass
@@ -359,6 +378,60 @@ def scan_run_store(folder: Path, detector: Detector) -> ScanResult:
     return ScanResult(hits, scanned, skipped, {})
 
 
+def server_logs() -> list[Path] | None:
+    """The project-local cluster's server log files; None when DATABASE_URL names another server (or no cluster)."""
+    from stackbook.run import pgcluster
+
+    if os.environ.get("DATABASE_URL"):
+        return None
+    info = pgcluster.load_info()
+    if info is None:
+        return None
+    rotated = Path(info.data_dir) / "log"  # where logging_collector would write, had someone switched it on
+    try:
+        extra = sorted(rotated.glob("*.log")) if rotated.is_dir() else []
+    except PermissionError:  # the cluster's OS user owns its data folder: not ours to read
+        extra = []
+    return [p for p in (pgcluster.log_path(info), *extra) if p.exists()]
+
+
+LOG_BLOCK_BYTES = 1 << 20
+
+
+def _log_blocks(path: Path) -> Iterator[tuple[int, str]]:
+    """(first line number, text) of PATH in blocks of whole lines, about LOG_BLOCK_BYTES each."""
+    line = 1
+    with open(path, "rb") as fh:
+        rest = b""
+        while True:
+            data = fh.read(LOG_BLOCK_BYTES)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no line end yet: a longer line than a block
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut:]
+            yield line, block.decode("utf-8", errors="replace")
+            line += block.count(b"\n")
+        if rest:
+            yield line, rest.decode("utf-8", errors="replace")
+
+
+def scan_server_logs(paths: Iterable[Path], detector: Detector) -> ScanResult:
+    hits, scanned, skipped = [], 0, 0
+    for path in paths:
+        try:
+            for first, text in _log_blocks(Path(path)):
+                hits += detector.detect(text, str(path), first_line=first)
+        except OSError:
+            skipped += 1
+            continue
+        scanned += 1
+    return ScanResult(hits, scanned, skipped, {})
+
+
 # ---------------------------------------------------------------- rules
 
 
@@ -380,7 +453,7 @@ def repository(ctx: dict) -> Iterator[Finding]:
     root = Path(ctx["root"])
     try:
         result = scan_repository(root, ctx["detector"], ctx.get("allowlist", ()))
-    except NotARepository as exc:
+    except _NotARepository as exc:
         yield finding("SEC-001", "skip", f"repo:{root}", str(exc))
         return
     for hit in result.hits:
@@ -407,58 +480,91 @@ def run_store(ctx: dict) -> Iterator[Finding]:
         yield finding("SEC-002", "pass", f"runs:{folder}", _pass_evidence(f"executed notebooks under {folder}", result))
 
 
+@register(_rule("SEC-003", "No secret in the project-local PostgreSQL's server log", "high",
+                ("SOC2 CC6.1", "SOC2 CC7.2", "ISO27001 A.5.17", "ISO27001 A.8.12", "ISO27001 A.8.15"),
+                "Stop the cluster, delete or truncate the server log (postgres.log beside the data folder), rotate "
+                "the credential, and run `stackbook up` (it sets log_min_messages = log, log_min_error_statement "
+                "= panic and log_statement = none, so statements and ERROR lines are not logged)."))
+def server_log(ctx: dict) -> Iterator[Finding]:
+    logs = ctx.get("server_logs")
+    if logs is None:
+        yield finding("SEC-003", "skip", "pg:log", "no project-local cluster here (DATABASE_URL names the server, "
+                                                   "or `stackbook up` never ran): scan its log where it runs")
+        return
+    result = scan_server_logs(logs, ctx["detector"])
+    for hit in result.hits:
+        yield finding("SEC-003", "fail", f"pg/{Path(hit.where).name}:{hit.line}", hit.describe())
+    if not result.hits:
+        yield finding("SEC-003", "pass", "pg:log", _pass_evidence("server log files", result))
+
+
 # ---------------------------------------------------------------- entry points
 
 
 def known_secrets(env: str) -> dict[str, str]:
     """Values that are secrets for sure: the database password and every secret a runbook declares
     (``secrets`` and ``optional_secrets``) that this environment provides (process environment,
-    ``.env.<env>``, ``.env``)."""
-    from stackbook.core import catalog
+    ``.env.<env>``, ``.env``).
+
+    A secret that is not set here, no database, or a notebook that cannot be read (OPS-002 reports it)
+    leaves nothing to look for; anything else (an ``.env`` file that cannot be read) raises.
+    """
+    from stackbook.core import project
     from stackbook.run import db, scrub
 
     known: dict[str, str] = {}
     try:
         password = db.password(db.url())
-        if password:
-            known["DATABASE_PASSWORD"] = password
-    except Exception:  # no database configured: nothing to look for
-        pass
-    names: set[str] = set()
-    for path in catalog.paths():
-        try:
-            from stackbook.core import notebooks
-
-            meta = notebooks.load(path).metadata
-            names.update((meta.get("secrets") or []) + (meta.get("optional_secrets") or []))
-        except Exception:
-            continue
-    for name in sorted(names):
+    except DatabaseUnavailable:  # no database configured: nothing to look for
+        password = None
+    if password:
+        known["DATABASE_PASSWORD"] = password
+    for dotenv in (project.root() / f".env.{env}", project.root() / ".env"):
+        scrub.read_dotenv(dotenv)  # first, and outside the try below: a file that cannot be read is an error
+    for name in sorted(_declared_secret_names()):
         try:
             known.update(scrub.collect([name], env))
-        except Exception:
+        except SecretError:  # not set in this environment (or too short to be told from ordinary text)
             continue
     return known
 
 
+def _declared_secret_names() -> set[str]:
+    """The names of the secrets the readable runbooks of the catalogue declare."""
+    from stackbook.core import catalog, notebooks
+
+    names: set[str] = set()
+    for path in catalog.paths():
+        try:
+            meta = notebooks.load(path).metadata
+        except NotebookError:  # the operations area reports it (OPS-002)
+            continue
+        names.update((meta.get("secrets") or []) + (meta.get("optional_secrets") or []))
+    return names
+
+
 def context(env: str, *, root: Path | None = None, run_store: str | None = None,
-            known: dict[str, str] | None = None, allowlist: Iterable[str] | None = None) -> dict:
-    """What the secrets rules need: repository root, run-store folder of ``env``, known values, allow-list."""
+            known: dict[str, str] | None = None, allowlist: Iterable[str] | None = None,
+            logs: Iterable[Path] | None = None) -> dict:
+    """What the secrets rules need: repository root, run-store folder of ``env``, known values, allow-list,
+    the server log files (LOGS; default: the project-local cluster's, see ``server_logs``).
+
+    The run store is the environment file's ``run_store`` (the default one without a file); a malformed
+    environment file is an ``EnvironmentFileError``, not a scan of some other folder.
+    """
     from stackbook.core import environments, project
     from stackbook.run import runstore
 
     root = Path(root or project.root())
     if run_store is None:
-        try:
-            env_store = environments.load(env).get("run_store")
-        except Exception:
-            env_store = None
+        env_store = environments.load(env).get("run_store") if env in environments.available() else None
         run_store = runstore.base(env_store).rstrip("/") + f"/{env}"
     return {
         "root": root,
         "run_store": run_store,
         "detector": Detector(known_secrets(env) if known is None else known),
         "allowlist": list(read_allowlist(root) if allowlist is None else allowlist),
+        "server_logs": server_logs() if logs is None else list(logs),
     }
 
 
@@ -470,5 +576,5 @@ def audit(env: str, **kw) -> list[Finding]:
     return check_all(context(env, **kw))
 
 
-__all__ = ["detect", "Detector", "looks_random", "entropy", "scan_repository", "scan_run_store", "check_all",
-           "context", "audit", "known_secrets"]
+__all__ = ["detect", "Detector", "looks_random", "entropy", "scan_repository", "scan_run_store",
+           "scan_server_logs", "server_logs", "check_all", "context", "audit", "known_secrets"]

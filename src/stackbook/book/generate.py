@@ -9,32 +9,37 @@ longer generated are removed. Layout::
     _config.yml  _toc.yml        from the project root (build settings enforced)
     book/...                     copies of the hand-written chapters
     runbooks/<area>/<name>.ipynb one chapter per runbook
-    reports/runbooks.md history.md audit.md dr_drill.md   (+ reports/_charts/*.svg)
+    reports/runbooks.md history.md audit.md dr_drill.md drift.md   (+ reports/_charts/*.svg)
+    _extra/data_docs/...         GX's Data Docs of the latest validate_raw run (book.datadocs)
     _runs/<env>/<runbook>/<run_id>.ipynb                   executed notebooks, offered as downloads
     _static/stackbook.css
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from stackbook.core import catalog, notebooks, project
+from stackbook.core.errors import DatabaseUnavailable
+from stackbook.core.files import atomic_write_bytes, load_yaml
 from stackbook.run import runstore
 from stackbook.run import scrub
-from stackbook.book import BookError, charts, evidence, pages, toc
+from stackbook.book import BookError, charts, datadocs, drift, evidence, pages, toc
 
 log = logging.getLogger("stackbook.book")
 
 AUDIT_RUNBOOK = "compliance_audit"
 DR_RUNBOOK = "dr_drill"
 REPORT_PAGES = {"overview": "reports/runbooks", "history": "reports/history", "audit": "reports/audit",
-                "dr": "reports/dr_drill"}
+                "dr": "reports/dr_drill", "drift": drift.PAGE}
 HANDWRITTEN_DIR = "book"
 RUNS_DIR = "_runs"
 
@@ -71,17 +76,15 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect wi
            'fill="#1e6b34"/><path d="M9 8h14v3H9zm0 6.5h14v3H9zm0 6.5h9v3H9z" fill="#fff"/></svg>\n')
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _favicon_png(size: int = 16) -> bytes:
     """A plain green square as PNG bytes (browsers accept PNG data as favicon.ico)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     rows = b"".join(b"\x00" + bytes((0x1E, 0x6B, 0x34)) * size for _ in range(size))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
 
 
 @dataclass
@@ -111,10 +114,7 @@ class _Writer:
         if path.exists() and path.read_bytes() == data:
             self.result.unchanged += 1
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data, mode=0o644)  # the book is published: world-readable, as Sphinx writes it
         self.result.written.append(rel)
 
     def keep(self, rel: str) -> None:
@@ -157,14 +157,14 @@ def _scrubber(runbooks: list[notebooks.Runbook], env: str) -> scrub.Scrubber:
             values.update(scrub.collect([name], env))
         except scrub.SecretError:
             pass  # not set here: nothing of it to scrub
-    try:
-        from stackbook.run import db
+    from stackbook.run import db
 
+    try:
         password = db.password(db.url())
-        if password:
-            values.setdefault("DATABASE_PASSWORD", password)
-    except Exception:  # no database configured: nothing to scrub from it
-        pass
+    except DatabaseUnavailable:  # no database configured: nothing to scrub from it
+        password = None
+    if password:
+        values.setdefault("DATABASE_PASSWORD", password)
     return scrub.Scrubber(values)
 
 
@@ -186,10 +186,9 @@ def _config(root: Path) -> str:
     cfg_path = root / toc.CONFIG_NAME
     if not cfg_path.exists():
         raise BookError(f"{cfg_path}: no book configuration; restore _config.yml from git")
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise BookError(f"{cfg_path} is not valid YAML: {exc}") from None
+    cfg = load_yaml(cfg_path, what="book configuration", error=BookError, default={})
+    if not isinstance(cfg, dict):
+        raise BookError(f"{cfg_path} must hold a mapping of Jupyter Book settings")
     for key, value in ENFORCED_CONFIG.items():
         if isinstance(value, dict):
             cfg.setdefault(key, {}).update(value)
@@ -214,23 +213,50 @@ def _read_executed(run: dict | None) -> dict | None:
 
 def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, conn=None,
              now: datetime | None = None, ledger: evidence.Ledger | None = None) -> Generated:
-    """Write the source tree of the book for ``env`` into ``src``; returns what changed."""
+    """Write the source tree of the book for ``env`` into ``src``; returns what changed.
+
+    ``ledger``: evidence read by the caller (benchmarks: the same evidence for every round); by default it is
+    read from ``conn`` or a connection of its own.
+    """
     root = project.root()
     now = now or datetime.now(timezone.utc)
     paths = [Path(p).resolve() for p in (runbook_paths if runbook_paths is not None else catalog.paths())]
+    runbooks = _load_runbooks(paths)
+    names = [rb.name for rb in runbooks]
+    toc_data = toc.load(root)
+    result = Generated(src=src, env=env, runbooks=names, toc_missing=toc.missing(toc_data, paths, root),
+                       toc_stale=toc.stale(toc_data, catalog.paths(), root) if runbook_paths is None else [])
+    src.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(src, _scrubber(runbooks, env), result)
+    docs = {rb.name: page_entry(rb, root) for rb in runbooks}
+    _write_frame(writer, root, toc_data, docs)
+    if ledger is None:
+        ledger = _read_ledger(conn, env, names, now)
+    links = _RunLinks(writer, ledger)
+    items = _write_runbook_pages(writer, runbooks, docs, ledger, links, env, now)
+    writer.text(REPORT_PAGES["overview"] + ".md", pages.overview(items, env, links))
+    _write_history(writer, env, ledger, docs, links, set(names))
+    _write_audit(writer, env, ledger, docs, links)
+    drills = [r for r in ledger.chart_runs if r["runbook"] == DR_RUNBOOK]
+    writer.text(REPORT_PAGES["dr"] + ".md",
+                pages.dr_drill(env, ledger.latest(DR_RUNBOOK), drills, links, docs.get(DR_RUNBOOK)))
+    drift.write(writer, env, ledger, docs, links)
+    writer.prune()
+    return result
+
+
+def _load_runbooks(paths: list[Path]) -> list[notebooks.Runbook]:
+    """The runbooks of the book; their names must be unique (one chapter each)."""
     runbooks = [notebooks.load(p, project.runbooks_dir()) for p in paths]
     names = [rb.name for rb in runbooks]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BookError(f"runbook names must be unique; {', '.join(dupes)} appear more than once under runbooks/")
-    toc_data = toc.load(root)
-    result = Generated(src=src, env=env, runbooks=names, toc_missing=toc.missing(toc_data, paths, root),
-                       toc_stale=toc.stale(toc_data, catalog.paths(), root) if runbook_paths is None else [])
+    return runbooks
 
-    src.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(src, _scrubber(runbooks, env), result)
-    docs = {rb.name: page_entry(rb, root) for rb in runbooks}
 
+def _write_frame(writer: _Writer, root: Path, toc_data, docs: dict[str, str]) -> None:
+    """Config, toc, static files and the copies of the hand-written chapters."""
     writer.text(toc.CONFIG_NAME, _config(root))
     writer.text(toc.TOC_NAME, toc.dump(toc.effective(toc_data, list(docs.values()))))
     writer.text("_static/stackbook.css", CSS)
@@ -241,54 +267,78 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
         if path.is_file() and ".ipynb_checkpoints" not in path.parts:
             writer.bytes(path.relative_to(root).as_posix(), path.read_bytes())
 
-    if ledger is not None:
-        pass  # read by the caller (benchmarks: the same evidence for every round)
-    elif conn is None:
-        from stackbook.run import db
 
-        with db.connect() as own:
-            ledger = evidence.read(own, env, names, now)
-    else:
-        ledger = evidence.read(conn, env, names, now)
+def _read_ledger(conn, env: str, names: list[str], now: datetime) -> evidence.Ledger:
+    if conn is not None:
+        return evidence.read(conn, env, names, now)
+    from stackbook.run import db
 
-    copied: dict[tuple[str, str, str], str | None] = {}
+    with db.connect() as own:
+        return evidence.read(own, env, names, now)
 
-    def link(run_env: str, runbook: str, run_id: str) -> str | None:
-        """Copy a run's executed notebook into the tree (once); its source-root path, or None when unreadable."""
+
+class _RunLinks:
+    """The ``link(env, runbook, run_id)`` the pages call: copies a run's executed notebook into the tree
+    (once) and returns its source-root path, or None when it cannot be read."""
+
+    def __init__(self, writer: _Writer, ledger: evidence.Ledger):
+        self.writer, self.ledger = writer, ledger
+        self.copied: dict[tuple[str, str, str], str | None] = {}
+
+    def __call__(self, run_env: str, runbook: str, run_id: str) -> str | None:
         key = (run_env, runbook, run_id)
-        if key not in copied:
-            run = next((r for r in [*ledger.history, *ledger.chart_runs, *ledger.runs_of(runbook)]
-                        if r["id"] == run_id), None)
-            rel = f"{RUNS_DIR}/{run_env}/{runbook}/{run_id}.ipynb"
-            if run and run["status"] != "running" and (src / rel).exists():
-                writer.keep(rel)  # a finished run's notebook never changes: copied by an earlier generation
-            else:
-                nb = _read_executed(run)
-                if nb is None:
-                    rel = None
-                else:
-                    writer.notebook(rel, nb)
-            copied[key] = rel
-        return copied[key]
+        if key not in self.copied:
+            self.copied[key] = self._copy(run_env, runbook, run_id)
+        return self.copied[key]
 
+    def _copy(self, run_env: str, runbook: str, run_id: str) -> str | None:
+        ledger = self.ledger
+        run = next((r for r in [*ledger.history, *ledger.chart_runs, *ledger.runs_of(runbook)]
+                    if r["id"] == run_id), None)
+        rel = f"{RUNS_DIR}/{run_env}/{runbook}/{run_id}.ipynb"
+        if run and run["status"] != "running" and (self.writer.src / rel).exists():
+            self.writer.keep(rel)  # a finished run's notebook never changes: copied by an earlier generation
+            return rel
+        nb = _read_executed(run)
+        if nb is None:
+            return None
+        self.writer.notebook(rel, nb)
+        return rel
+
+
+def _write_runbook_pages(writer: _Writer, runbooks: list[notebooks.Runbook], docs: dict[str, str],
+                         ledger: evidence.Ledger, links: _RunLinks, env: str,
+                         now: datetime) -> list[tuple[notebooks.Runbook, str, evidence.Freshness]]:
+    """One chapter per runbook; (runbook, docname, freshness) of each, for the overview."""
     items = []
     for rb in runbooks:
         fr = evidence.freshness(rb.metadata, ledger.runs_of(rb.name), env, now)
         source_nb = notebooks.read_json(rb.path)
         executed = _read_executed(fr.shown_run)
-        writer.notebook(docs[rb.name] + ".ipynb", pages.runbook_notebook(rb, source_nb, executed, fr, link))
+        chapter = pages.runbook_notebook(rb, source_nb, executed, fr, links)
+        if rb.name == datadocs.RUNBOOK:  # GX's Data Docs of its latest run, linked from its chapter
+            datadocs.add_to_chapter(chapter, docs[rb.name], fr.shown_run, datadocs.publish(writer, fr.shown_run))
+        writer.notebook(docs[rb.name] + ".ipynb", chapter)
         items.append((rb, docs[rb.name], fr))
+    return items
 
-    writer.text(REPORT_PAGES["overview"] + ".md", pages.overview(items, env, link))
-    in_book = set(names)
-    chart_runs = [r for r in ledger.chart_runs if r["runbook"] in in_book]
-    chart_data = [[r["id"], r["runbook"], r["status"], r.get("duration_s"), r["started_at"]] for r in chart_runs]
-    writer.chart("reports/_charts/duration.svg", [env, chart_data], lambda: charts.duration_over_time(chart_runs, env))
-    writer.chart("reports/_charts/success.svg", [env, chart_data], lambda: charts.success_rate(chart_runs, env))
+
+def _write_history(writer: _Writer, env: str, ledger: evidence.Ledger, docs: dict[str, str], links: _RunLinks,
+                   in_book: set[str]) -> None:
+    """The history page and its two charts (redrawn only when their runs changed)."""
+    chart = evidence.ChartData([p for p in ledger.chart.points if p.runbook in in_book], ledger.chart.per_day)
+    chart_data = [chart.per_day, [[p.runbook, p.at, p.runs, p.succeeded, p.median_s, p.max_s] for p in chart.points]]
+    writer.chart("reports/_charts/duration.svg", [env, chart_data],
+                 functools.partial(charts.duration_over_time, chart, env))
+    writer.chart("reports/_charts/success.svg", [env, chart_data],
+                 functools.partial(charts.success_rate, chart, env))
     writer.text(REPORT_PAGES["history"] + ".md",
-                pages.history(ledger, docs, link, {"duration": "_charts/duration.svg",
-                                                   "success": "_charts/success.svg"}))
+                pages.history(ledger, docs, links, {"duration": "_charts/duration.svg",
+                                                    "success": "_charts/success.svg"}))
 
+
+def _write_audit(writer: _Writer, env: str, ledger: evidence.Ledger, docs: dict[str, str], links: _RunLinks) -> None:
+    """The audit page, from the latest audit run and the report it wrote (when still readable)."""
     audit_run = ledger.latest(AUDIT_RUNBOOK)
     report = None
     report_path = ((audit_run or {}).get("results") or {}).get("report_path")
@@ -297,12 +347,7 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
             report = json.loads(Path(report_path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             log.warning("audit report %s not readable: %s", report_path, exc)
-    writer.text(REPORT_PAGES["audit"] + ".md", pages.audit(env, audit_run, report, link, docs.get(AUDIT_RUNBOOK)))
-    drills = [r for r in ledger.chart_runs if r["runbook"] == DR_RUNBOOK]
-    writer.text(REPORT_PAGES["dr"] + ".md",
-                pages.dr_drill(env, ledger.latest(DR_RUNBOOK), drills, link, docs.get(DR_RUNBOOK)))
-    writer.prune()
-    return result
+    writer.text(REPORT_PAGES["audit"] + ".md", pages.audit(env, audit_run, report, links, docs.get(AUDIT_RUNBOOK)))
 
 
 def default_src() -> Path:

@@ -6,6 +6,11 @@ stackbook), a verification cell that asserts, a results cell, and
 ``metadata.stackbook`` filled in; it runs as written (``make test`` executes
 every runbook with its defaults). Its entry is appended to ``_toc.yml``.
 Nothing is overwritten.
+
+AREA and NAME are lower-case snake_case and at most 63 bytes each: PostgreSQL's
+identifier length, which is also the longest Kubernetes label value, and the
+name is carried as both (the ledger's runbook, the ``stackbook.dev/runbook``
+label of its CronJob and Jobs).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from pathlib import Path
 from stackbook.core import catalog, project, scaffold
 from stackbook.book import BookUsageError, toc
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_NAME_BYTES = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1); also a Kubernetes label value's
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -29,6 +35,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
         if not NAME_RE.match(value):
             raise BookUsageError(
                 f"{spec!r}: the {what} {value!r} must be lower-case snake_case (a letter, then letters, digits or _)")
+        size = len(value.encode("utf-8"))
+        if size > MAX_NAME_BYTES:
+            raise BookUsageError(
+                f"the {what} {value[:20]!r}... is {size} bytes long; at most {MAX_NAME_BYTES} (PostgreSQL's "
+                "identifier length, also the longest Kubernetes label value, which the runbook name becomes): "
+                "shorten it")
     return area, name
 
 

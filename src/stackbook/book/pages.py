@@ -22,7 +22,7 @@ BADGE_TEXT = {"fresh": "✔ fresh", "failing": "✖ failing", "stale": "⚠ stal
 RENDERED_MIME_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg",
                        "image/gif", "image/svg+xml")
 STATUS_CLASS = {"succeeded": "ok", "failed": "bad", "timed_out": "bad", "cancelled": "warn",
-                "upstream_failed": "bad", "skipped": "warn", "running": "info"}
+                "upstream_failed": "bad", "skipped": "warn", "refused": "warn", "running": "info"}
 
 # A function from (env, runbook, run_id) to the source-root path of that run's executed notebook copy, or None.
 RunLink = Callable[[str, str, str], "str | None"]

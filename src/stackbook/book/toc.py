@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from stackbook.core import project
-from stackbook.book import BookError
+from stackbook.core.errors import BookError
+from stackbook.core.files import load_yaml
 
 TOC_NAME = "_toc.yml"
 CONFIG_NAME = "_config.yml"
@@ -34,15 +35,10 @@ def path(root: Path | None = None) -> Path:
 
 
 def load(root: Path | None = None) -> dict[str, Any]:
-    import yaml
-
     toc_path = path(root)
     if not toc_path.exists():
         raise BookError(f"{toc_path}: no table of contents; restore _toc.yml from git (it lists the book's pages)")
-    try:
-        data = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise BookError(f"{toc_path} is not valid YAML: {exc}") from None
+    data = load_yaml(toc_path, what="table of contents", error=BookError)
     if not isinstance(data, dict) or data.get("format") != "jb-book" or "root" not in data:
         raise BookError(f"{toc_path}: expected a Jupyter Book toc with `format: jb-book` and a `root` page")
     return data

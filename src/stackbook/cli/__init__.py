@@ -1,7 +1,7 @@
 """The ``stackbook`` command: a thin layer over the library, the only code that imports click.
 
 One module per command group (``database``, ``catalog``, ``run``, ``lab``, ``pipeline``,
-``schedule``, ``book``, ``metrics``); ``common.handle_errors`` is the one place where errors
+``schedule``, ``book``, ``metrics``, ``check``, ``notify``); ``common.handle_errors`` is the one place where errors
 become exit codes and messages for people: 0 succeeded; 1 the runbook failed or timed out;
 2 bad usage, bad parameters, missing secret, malformed notebook (nothing was executed);
 3 refused (an exclusive runbook is already running, or approval is missing); 130 cancelled.
@@ -32,7 +32,9 @@ class LazyGroup(click.Group):
         "lab": ("stackbook.cli.lab", "lab", "JupyterLab on the project with the environment loaded."),
         "pipeline": ("stackbook.cli.pipeline", "pipeline", "Pipelines of runbooks: list, show, run."),
         "schedule": ("stackbook.cli.schedule", "schedule", "Schedules: crontab lines, Airflow DAGs, CronJobs."),
-        "metrics": ("stackbook.cli.metrics", "metrics", "Prometheus metrics of the run ledger."),
+        "metrics": ("stackbook.cli.metrics", "metrics", "Prometheus metrics of the run ledger; alerting rules."),
+        "check": ("stackbook.cli.check", "check", "Stale or failing runbooks of an environment, told once."),
+        "notify": ("stackbook.cli.notify", "notify", "Notifications: test the routes of an environment."),
         "book": ("stackbook.cli.book", "book", "Build the Jupyter Book with the evidence of the latest runs."),
         "new": ("stackbook.cli.book", "new", "Scaffold a runbook that passes the runbook contract."),
     }

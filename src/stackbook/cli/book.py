@@ -11,10 +11,11 @@ from pathlib import Path
 import click
 
 from stackbook.cli.common import emit_json, sigterm_as_interrupt, handle_errors
+from stackbook.core.environments import DEFAULT_ENV
 
 
 @click.command()
-@click.option("-e", "--env", default="dev", show_default=True, help="Environment whose runs the book shows.")
+@click.option("-e", "--env", default=DEFAULT_ENV, show_default=True, help="Environment whose runs the book shows.")
 @click.option("--open", "open_", is_flag=True, help="Open the built book in a web browser.")
 @click.option("--all", "fresh", is_flag=True, help="Rebuild every page (default: only pages whose source changed).")
 @click.option("--fix-toc", is_flag=True, help="Add runbooks missing from _toc.yml to it, then build.")

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import click
 
-from stackbook.cli.common import emit_json, handle_errors, table
+from stackbook.cli.common import emit_json, exit_if_broken, handle_errors, table
 
 
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
 @handle_errors
 def list_(as_json: bool) -> None:
-    """The runbooks under runbooks/: name, area, title, tags, schedule, destructive."""
+    """The runbooks under runbooks/: name, area, title, tags, schedule, destructive.
+
+    A runbook file that cannot be read is listed too, with its error (in JSON: an entry with
+    name, path and error), the others as usual; the command then exits 1.
+    """
     from stackbook.core import catalog
 
-    items = [rb.summary() for rb in catalog.all_runbooks()]
+    runbooks, broken = catalog.scan()
+    items = [rb.summary() for rb in runbooks]
     if as_json:
-        emit_json(items)
-        return
-    rows = [{**i, "tags": ",".join(i["tags"]), "destructive": "yes" if i["destructive"] else ""} for i in items]
-    click.echo(table(rows, ["name", "area", "title", "schedule", "destructive", "tags"]))
+        emit_json(items + [b.summary() for b in broken])
+    else:
+        rows = [{**i, "tags": ",".join(i["tags"]), "destructive": "yes" if i["destructive"] else ""} for i in items]
+        rows += [{"name": b.name, "title": "(cannot be read: see the error below)"} for b in broken]
+        click.echo(table(rows, ["name", "area", "title", "schedule", "destructive", "tags"]))
+    exit_if_broken(broken)
 
 
 @click.command()

@@ -69,6 +69,16 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 
+def exit_if_broken(broken: list) -> None:
+    """After a listing: one error line per file that could not be read (``catalog.Broken``), then exit 1."""
+    if not broken:
+        return
+    for item in broken:
+        click.echo(f"stackbook: error: {item.line()}", err=True)
+    click.echo(f"stackbook: {len(broken)} file(s) could not be read; the others are listed", err=True)
+    sys.exit(1)
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"

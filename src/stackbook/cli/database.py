@@ -1,4 +1,10 @@
-"""`stackbook up`, `down` and `status`: the project-local PostgreSQL."""
+"""`stackbook up`, `down` and `status`: the project-local PostgreSQL.
+
+Their plain output ends up in CI logs (`make run` calls `stackbook up`), so the
+database URL is printed there with its password redacted (``***``), for the
+local cluster and for an external ``DATABASE_URL`` alike. ``status --json`` is
+for scripts and keeps the full ``database_url``, as documented.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ def up(as_json: bool) -> None:
     import os
 
     from stackbook.run import pgcluster
+    from stackbook.run.db import redact
 
     if os.environ.get("DATABASE_URL"):
         msg = "DATABASE_URL is set: using that database, nothing started"
@@ -31,7 +38,7 @@ def up(as_json: bool) -> None:
         return
     state = "started" if started else "already running"
     click.echo(f"PostgreSQL {state} on 127.0.0.1:{info.port} (socket in {info.socket_dir})")
-    click.echo(f"database_url: {info.url()}")
+    click.echo(f"database_url: {redact(info.url())}")
 
 
 @click.command()
@@ -52,18 +59,22 @@ def down(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (database_url, running, port ...).")
 @handle_errors
 def status(as_json: bool) -> None:
-    """Whether the database runs, and its connection URL."""
+    """Whether the database runs, and its connection URL (password redacted; --json keeps it whole)."""
     from stackbook.run import pgcluster
+    from stackbook.run.db import redact
 
     st = pgcluster.status()
     if as_json:
         emit_json(st)
         return
     if st["mode"] == "external":
-        click.echo(f"external database (DATABASE_URL): {st['database_url']}")
+        click.echo(f"external database (DATABASE_URL): {redact(st['database_url'])}")
         return
     click.echo(f"PostgreSQL: {'running' if st['running'] else 'stopped'}")
-    for key in ("database_url", "port", "data_dir", "socket_dir", "bindir", "os_user"):
+    click.echo(f"  database_url: {redact(st['database_url'])}")
+    for key in ("port", "data_dir", "socket_dir", "bindir", "os_user"):
         click.echo(f"  {key}: {st[key]}")
+    if st.get("data_dir_note"):
+        click.echo(f"  data_dir is {st['data_dir_note']}")
     if not st["running"]:
         sys.exit(1)

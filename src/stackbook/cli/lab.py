@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from stackbook.cli.common import handle_errors
+from stackbook.core.environments import DEFAULT_ENV
 
 
 @click.command()
-@click.option("-e", "--env", default="dev", show_default=True, help="Environment whose secrets and values to load.")
+@click.option("-e", "--env", default=DEFAULT_ENV, show_default=True,
+              help="Environment whose secrets and values to load.")
 @click.option("--port", default=8888, show_default=True, help="Port JupyterLab listens on (127.0.0.1).")
 @click.option("--no-browser", is_flag=True, help="Do not open a browser.")
 @click.option("--dry-run", is_flag=True, help="Print the command and environment names instead of starting.")

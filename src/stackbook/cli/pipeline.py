@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from stackbook.cli.common import emit_json, sigterm_as_interrupt, table, handle_errors
+from stackbook.cli.common import emit_json, exit_if_broken, handle_errors, sigterm_as_interrupt, table
+from stackbook.core.environments import DEFAULT_ENV
 
 
 @click.group()
@@ -26,15 +27,22 @@ def pipeline() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the pipelines as JSON.")
 @handle_errors
 def list_(as_json: bool) -> None:
-    """The pipelines under pipelines/: name, schedule, tasks."""
-    from stackbook.pipelines.spec import all_pipelines
+    """The pipelines under pipelines/: name, schedule, tasks.
 
-    items = [p.summary() for p in all_pipelines()]
+    A pipeline.yaml that cannot be read is listed too, with its error (in JSON: an entry with
+    name, path and error), the others as usual; the command then exits 1.
+    """
+    from stackbook.pipelines.spec import scan
+
+    specs, broken = scan()
+    items = [p.summary() for p in specs]
     if as_json:
-        emit_json(items)
-        return
-    rows = [{**i, "tasks": ", ".join(i["tasks"])} for i in items]
-    click.echo(table(rows, ["name", "schedule", "description", "tasks"]))
+        emit_json(items + [b.summary() for b in broken])
+    else:
+        rows = [{**i, "tasks": ", ".join(i["tasks"])} for i in items]
+        rows += [{"name": b.name, "description": "(cannot be read: see the error below)"} for b in broken]
+        click.echo(table(rows, ["name", "schedule", "description", "tasks"]))
+    exit_if_broken(broken)
 
 
 @pipeline.command()
@@ -66,8 +74,10 @@ def show(name: str, as_json: bool) -> None:
     click.echo(table(rows, ["task", "runbook", "upstream", "params"]))
 
 
-def _printer(as_json: bool):
-    def emit(kind: str, d: dict) -> None:
+class _Printer:
+    """The events of a pipeline run, one line each on standard error."""
+
+    def __call__(self, kind: str, d: dict) -> None:
         task = d.get("task") or d.get("name")
         if kind == "started":
             extra = f" (attempt {d['attempt']})" if d.get("attempt", 1) > 1 else ""
@@ -82,12 +92,24 @@ def _printer(as_json: bool):
         else:  # skipped, upstream_failed, cancelled
             click.echo(f"stackbook: {task}: {kind}: {d.get('reason')}", err=True)
 
-    return emit
+
+def _exit_with_outcome(summary: dict) -> None:
+    """Exit 1 when a task failed, 3 when one was refused (an exclusive runbook held by another run), else 0."""
+    see = f"(see `stackbook runs --pipeline-run {summary['pipeline_run_id']}`)"
+    if summary["status"] == "refused":
+        click.echo(f"stackbook: pipeline {summary['pipeline']} refused: task(s) {', '.join(summary['refused'])} "
+                   f"not run, another run holds their exclusive runbook's lock; run again when it is done {see}",
+                   err=True)
+        sys.exit(3)
+    if summary["status"] != "succeeded":
+        click.echo(f"stackbook: pipeline {summary['pipeline']} failed: task(s) {', '.join(summary['failed'])} "
+                   f"did not succeed {see}", err=True)
+        sys.exit(1)
 
 
 @pipeline.command()
 @click.argument("name")
-@click.option("-e", "--env", default="dev", show_default=True, help="Environment (infra/environments/ENV.yml).")
+@click.option("-e", "--env", default=DEFAULT_ENV, show_default=True, help="Environment (infra/environments/ENV.yml).")
 @click.option("--profile", default=None, metavar="PROFILE",
               help="Overlay pipelines/NAME/env.PROFILE.yaml on env.yaml (e.g. test: small data).")
 @click.option("--force", is_flag=True, help="Run every task, even those that are up to date.")
@@ -102,13 +124,15 @@ def run(name, env, profile, force, parallel, as_json) -> None:
     task's parameters and secrets are checked before any kernel starts. Exit
     codes: 0 every task succeeded or was up to date, 1 a task failed (its
     dependents are recorded as upstream_failed, independent tasks go on),
-    2 bad spec or input (nothing ran), 130 interrupted.
+    2 bad spec or input (nothing ran), 3 a task was refused and none failed
+    (its exclusive runbook is running elsewhere; recorded as refused),
+    130 interrupted.
     """
     from stackbook.pipelines.execute import run_pipeline
 
     sigterm_as_interrupt()
     summary = run_pipeline(name, env=env, profile=profile, force=force, parallel=parallel,
-                           on_event=_printer(as_json))
+                           on_event=_Printer())
     if as_json:
         emit_json(summary)
     else:
@@ -118,7 +142,4 @@ def run(name, env, profile, force, parallel, as_json) -> None:
                  "attempts": t["attempts"] or "", "why": t["reason"] if t["status"] != "succeeded" else t["why"]}
                 for t in summary["tasks"]]
         click.echo(table(rows, ["task", "status", "attempts", "run", "why"]))
-    if summary["status"] != "succeeded":
-        click.echo(f"stackbook: pipeline {summary['pipeline']} failed: task(s) {', '.join(summary['failed'])} "
-                   f"did not succeed (see `stackbook runs --pipeline-run {summary['pipeline_run_id']}`)", err=True)
-        sys.exit(1)
+    _exit_with_outcome(summary)

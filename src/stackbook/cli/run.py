@@ -4,42 +4,77 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from stackbook.cli.common import emit_json, handle_errors, sigterm_as_interrupt, table
+from stackbook.core.environments import DEFAULT_ENV
+
+if TYPE_CHECKING:
+    from stackbook.run.record import RunRecord
 
 
-def _print_record(rec: dict) -> None:
-    took = f" in {rec['duration_s']:.1f} s" if rec.get("duration_s") is not None else ""
-    click.echo(f"run {rec['id']}: {rec['runbook']} on {rec['env']}: {rec['status']}{took}")
+def _print_record(rec: RunRecord) -> None:
+    took = f" in {rec.duration_s:.1f} s" if rec.duration_s is not None else ""
+    click.echo(f"run {rec.id}: {rec.runbook} on {rec.env}: {rec.status}{took}")
     for key in ("output", "reason", "approved_by", "pipeline_run_id", "git_commit", "host"):
-        if rec.get(key):
-            click.echo(f"  {key}: {rec[key]}")
-    if rec.get("error"):
-        err = rec["error"]
+        if getattr(rec, key):
+            click.echo(f"  {key}: {getattr(rec, key)}")
+    if rec.error:
+        err = rec.error
         click.echo(f"  error: cell {err.get('cell_index')}: {err.get('ename')}: {err.get('evalue')}")
-    if rec.get("params"):
-        click.echo(f"  params: {json.dumps(rec['params'], default=str)}")
-    for key, value in (rec.get("results") or {}).items():
+    if rec.params:
+        click.echo(f"  params: {json.dumps(rec.params, default=str)}")
+    for key, value in rec.results.items():
         click.echo(f"  result {key}: {json.dumps(value, default=str)}")
 
 
-def public_record(rec: dict) -> dict:
-    """The run record as documented: error without the traceback."""
-    out = dict(rec)
-    if out.get("error"):
-        out["error"] = {k: out["error"].get(k) for k in ("cell_index", "ename", "evalue")}
-    return out
+def _announce(run_id: str) -> None:
+    click.echo(f"stackbook: run {run_id} started", err=True)
+
+
+class _Started:
+    """``on_start`` of `stackbook run`: announces the run and keeps its id (a cancelled run is notified too)."""
+
+    run_id: str | None = None
+
+    def __call__(self, run_id: str) -> None:
+        self.run_id = run_id
+        _announce(run_id)
+
+
+def _recorded_here(rec: RunRecord) -> bool:
+    """Whether this process wrote the row (a Kubernetes Job whose pod never ran), not a pod's runner."""
+    import os
+    import socket
+
+    return rec.pid == os.getpid() and rec.host == socket.gethostname()
+
+
+def _print_notifications(sent: list[dict]) -> None:
+    for n in sent:
+        how = "sent" if n["status"] == "sent" else f"failed after {n['attempts']} attempt(s): {n['error']}"
+        click.echo(f"  notified ({n['event']}): route {n['route']} {n['channel']}: {how}")
+
+
+def _finite(ctx, param, value: float | None) -> float | None:
+    """click callback: FloatRange lets nan through (no comparison with nan is true)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
 
 
 @click.command()
 @click.argument("name")
-@click.option("-e", "--env", default="dev", show_default=True, help="Environment (infra/environments/ENV.yml).")
+@click.option("-e", "--env", default=DEFAULT_ENV, show_default=True, help="Environment (infra/environments/ENV.yml).")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter value; repeatable.")
 @click.option("-f", "--params-file", type=click.Path(dir_okay=False), help="YAML file of parameter values.")
-@click.option("--cell-timeout", type=float, default=None, help="Seconds one cell may run; default: no limit.")
-@click.option("--timeout", type=float, default=None,
+@click.option("--cell-timeout", type=click.IntRange(min=1), default=None,
+              help="Whole seconds one cell may run; default: no limit.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Seconds the whole run may take; default: the runbook's metadata timeout, else no limit.")
 @click.option("--log-output", is_flag=True, help="Stream cell output to standard error as it arrives.")
 @click.option("--approved-by", default=None, metavar="NAME",
@@ -63,36 +98,47 @@ def run(name, env, params, params_file, cell_timeout, timeout, log_output, appro
     Exit codes: 0 succeeded, 1 failed or timed out, 2 bad input (nothing ran),
     3 refused (exclusive runbook already running, or approval missing).
     """
+    from stackbook import notify
+    from stackbook.core import environments
     from stackbook.run import engine as runner
 
     sigterm_as_interrupt()
+    environment = environments.load(env)
     options = runner.RunOptions(env=env, cli_params=list(params), params_file=params_file, cell_timeout=cell_timeout,
                                 timeout=timeout, log_output=log_output, approved_by=approved_by,
-                                pipeline_run_id=pipeline_run, attempt=attempt)
-    announce = lambda rid: click.echo(f"stackbook: run {rid} started", err=True)  # noqa: E731
-    if on == "kubernetes":
-        from stackbook.k8s import backend as k8s_run
+                                pipeline_run_id=pipeline_run, attempt=attempt,
+                                scrub_values=notify.channel_secrets(environment))  # a wrong route: exit 2 here
+    started = _Started()
+    try:
+        if on == "kubernetes":
+            from stackbook.k8s import backend as k8s_run
 
-        rec = k8s_run.run(name, options, on_start=announce)
-    else:
-        rec = runner.execute(runner.prepare(name, options), on_start=announce)
+            rec = k8s_run.run(name, options, on_start=started)
+        else:
+            rec = runner.execute(runner.prepare(name, options), on_start=started)
+    except KeyboardInterrupt:  # the row is recorded `cancelled`: routes that ask for it hear of it
+        notify.after_cancelled(started.run_id, environment)
+        raise
     if as_json:
-        emit_json(public_record(rec))
+        emit_json(rec.to_json())
     else:
         _print_record(rec)
-    if rec["status"] != "succeeded":
-        click.echo(f"stackbook: {runner.describe_failure(rec)}", err=True)
-    sys.exit(runner.exit_code(rec))
+    if on == "local" or _recorded_here(rec):  # in a pod, the pod's own `stackbook run` told the routes
+        notify.after_run(rec, environment)  # the row is final; a failed delivery is recorded, exit code unchanged
+    if not rec.succeeded:
+        click.echo(f"stackbook: {rec.describe_failure()}", err=True)
+    sys.exit(rec.exit_code)
 
 
 @click.group(invoke_without_command=True)
 @click.option("--runbook", default=None, help="Only runs of this runbook.")
 @click.option("--status", "status_", default=None,
               type=click.Choice(["running", "succeeded", "failed", "timed_out", "cancelled", "upstream_failed",
-                                 "skipped"]), help="Only runs in this state.")
+                                 "skipped", "refused"]), help="Only runs in this state.")
 @click.option("-e", "--env", default=None, help="Only runs in this environment.")
 @click.option("--pipeline-run", default=None, metavar="ID", help="Only the runs of this pipeline run.")
-@click.option("--limit", default=20, show_default=True, type=int, help="At most this many runs, newest first.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="At most this many runs, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.pass_context
 @handle_errors
@@ -100,19 +146,16 @@ def runs(ctx, runbook, status_, env, pipeline_run, limit, as_json) -> None:
     """Recent runs from the ledger (stale `running` rows are reaped first)."""
     if ctx.invoked_subcommand:
         return
-    from stackbook.run import db, ledger
+    from stackbook.run import ledger
 
-    with db.connect() as conn:
-        ledger.ensure_schema(conn)
-        ledger.reap(conn)
-        rows = ledger.list_runs(conn, runbook=runbook, status=status_, env=env, pipeline_run_id=pipeline_run,
-                                limit=limit)
+    with ledger.session() as conn:
+        records = ledger.list_runs(conn, runbook=runbook, status=status_, env=env, pipeline_run_id=pipeline_run,
+                                   limit=limit)
     if as_json:
-        emit_json([public_record(r) for r in rows])
+        emit_json([r.to_json() for r in records])
         return
-    for r in rows:
-        r["duration"] = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else ""
-        r["started"] = (r.get("started_at") or "")[:19]
+    rows = [{**r.to_json(), "duration": f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
+             "started": r.started_at.isoformat()[:19] if r.started_at else ""} for r in records]
     click.echo(table(rows, ["id", "runbook", "env", "status", "started", "duration", "reason"]))
 
 
@@ -121,17 +164,18 @@ def runs(ctx, runbook, status_, env, pipeline_run, limit, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
 @handle_errors
 def runs_show(run_id: str, as_json: bool) -> None:
-    """One run: status, parameters, results, error and where its notebook is."""
-    from stackbook.run import db, ledger
+    """One run: status, parameters, results, error, where its notebook is, and the notifications sent about it."""
     from stackbook.core.errors import UsageError
+    from stackbook.notify import store as notifications
+    from stackbook.run import ledger
 
-    with db.connect() as conn:
-        ledger.ensure_schema(conn)
-        ledger.reap(conn)
+    with ledger.session() as conn:
         rec = ledger.get_run(conn, run_id)
+        sent = notifications.of_run(conn, run_id) if rec else []
     if rec is None:
         raise UsageError(f"no run with id {run_id!r} in the ledger (see `stackbook runs`)")
     if as_json:
-        emit_json(public_record(rec))
+        emit_json({**rec.to_json(), "notifications": sent})
     else:
         _print_record(rec)
+        _print_notifications(sent)

@@ -1,11 +1,37 @@
-"""The runbook catalogue: every notebook under ``runbooks/``, by name."""
+"""The runbook catalogue: every notebook under ``runbooks/``, by name.
+
+``all_runbooks`` is strict (what generates schedules or manifests must not skip a
+runbook); ``scan`` is for listings: a file that cannot be read becomes a
+:class:`Broken` entry carrying its error, and the rest are still listed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stackbook.core import notebooks, project
-from stackbook.core.errors import NotebookError, UsageError
+from stackbook.core.errors import NotebookError, StackbookError, UsageError
+
+
+@dataclass
+class Broken:
+    """A runbook or pipeline file that cannot be read, listed with its error instead of failing the listing."""
+
+    kind: str  # "runbook" or "pipeline"
+    name: str
+    path: Path
+    error: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "error": self.error}
+
+    def line(self) -> str:
+        """The error on one line (YAML errors span several), naming the file once."""
+        text = " ".join(self.error.split())
+        where = "" if str(self.path) in text else f" ({self.path})"
+        return f"{self.kind} {self.name}{where}: {text}"
 
 
 def paths() -> list[Path]:
@@ -18,6 +44,19 @@ def paths() -> list[Path]:
 def all_runbooks() -> list[notebooks.Runbook]:
     root = project.runbooks_dir()
     return [notebooks.load(p, root) for p in paths()]
+
+
+def scan() -> tuple[list[notebooks.Runbook], list[Broken]]:
+    """Every runbook that loads, and a Broken entry for each one that does not."""
+    root = project.runbooks_dir()
+    good: list[notebooks.Runbook] = []
+    broken: list[Broken] = []
+    for path in paths():
+        try:
+            good.append(notebooks.load(path, root))
+        except (StackbookError, OSError) as exc:  # OSError: a file that cannot be opened
+            broken.append(Broken(kind="runbook", name=path.stem, path=path, error=str(exc)))
+    return good, broken
 
 
 def find(name: str) -> Path:

@@ -4,24 +4,34 @@ An environment file holds what differs between dev, staging and prod::
 
     description: a laptop or CI machine
     require_approval: false      # destructive non-dry runs need --approved-by
-    run_store: null              # base URL of executed notebooks (default .stackbook/runs)
+    run_store: null              # base URL of executed notebooks (default .stackbook/runs), e.g. s3://bucket/prefix
+    s3_endpoint: null            # an S3-compatible server's URL (MinIO, moto); none: $AWS_ENDPOINT_URL or AWS
     kube_context: null           # kubeconfig context; none means plans only
     dbt_threads: 4
     params: {rows: 1000}         # values for every runbook that has these parameters
     runbooks:                    # values for one runbook
       load_jaffle_shop: {years: 1}
+    kernel_env: [AWS_PROFILE]    # more variables of the runner's environment for the kernel (stackbook.run.kernel)
+    book_url: https://handbook.example.com   # where the book is served: messages link to runbook pages
+    notify:                      # routes of notifications (checked by stackbook.notify.routes)
+      - {events: [failed, recovered], runbooks: [load_*], channels: ["json://hooks.example.com/${HOOK_TOKEN}"]}
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stackbook.core import project
 from stackbook.core.errors import EnvironmentFileError
+from stackbook.core.files import load_yaml
 
 DEFAULT_ENV = "dev"
+#: an environment name is the stem of a file in infra/environments/: no path separators, no "..", no leading dot
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name, as kernel_env lists them
 
 
 @dataclass
@@ -45,6 +55,11 @@ class Environment:
     def runbook_params(self, runbook: str) -> dict[str, Any]:
         return dict((self.data.get("runbooks") or {}).get(runbook) or {})
 
+    @property
+    def kernel_env(self) -> list[str]:
+        """Names of the runner's environment variables the kernel also gets (``kernel_env:``; checked by ``load``)."""
+        return list(self.data.get("kernel_env") or [])
+
 
 def available() -> list[str]:
     folder = project.environments_dir()
@@ -52,26 +67,76 @@ def available() -> list[str]:
 
 
 def load(name: str = DEFAULT_ENV) -> Environment:
-    import yaml
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        from stackbook.core.notebooks import shown  # only on this error: the CLI imports this module at start
 
+        known = ", ".join(available()) or "none"
+        raise EnvironmentFileError(
+            f"environment name {shown(name)} is not the plain name of a file in {project.environments_dir()} "
+            f"(letters, digits, '_', '.', '-', at most 64; known environments: {known})", env=None)
     path = project.environments_dir() / f"{name}.yml"
     if not path.exists():
         known = ", ".join(available()) or "none"
         raise EnvironmentFileError(f"unknown environment {name!r}: no {path} (known environments: {known})", env=name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EnvironmentFileError(f"{path} is not valid YAML: {exc}", env=name) from None
+    data = load_yaml(path, what="environment file", error=EnvironmentFileError, default={})
     if not isinstance(data, dict):
         raise EnvironmentFileError(f"{path} must hold a mapping", env=name)
     for key in ("params", "runbooks"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise EnvironmentFileError(f"{path}: {key} must be a mapping", env=name)
+    for runbook, values in (data.get("runbooks") or {}).items():
+        if values is not None and not isinstance(values, dict):
+            raise EnvironmentFileError(f"{path}: runbooks.{runbook} must be a mapping of parameter: value", env=name)
+    _check_kernel_env(path, name, data.get("kernel_env"))
+    _check_s3_endpoint(path, name, data.get("s3_endpoint"))
     return Environment(name=name, path=path, data=data)
 
 
-def current() -> Environment:
-    """The environment of this run (``$STACKBOOK_ENV``, set by the runner and ``stackbook lab``), else dev."""
+def _check_kernel_env(path: Path, env: str, names: Any) -> None:
+    """``kernel_env`` is a list of variable names (the values stay in the runner's environment, never here)."""
+    if names is None:
+        return
+    if not isinstance(names, list):
+        raise EnvironmentFileError(f"{path}: kernel_env must be a list of environment variable names, e.g. "
+                                   "kernel_env: [AWS_PROFILE, HTTPS_PROXY]", env=env)
+    bad = [n for n in names if not isinstance(n, str) or not VARIABLE_RE.fullmatch(n)]
+    if bad:
+        shown = ", ".join(_shown_name(n) for n in bad[:3])
+        raise EnvironmentFileError(f"{path}: kernel_env lists {shown}, not the name of an environment variable "
+                                   "(letters, digits and '_', not starting with a digit; list names, not NAME=value)",
+                                   env=env)
+
+
+def _check_s3_endpoint(path: Path, env: str, url: Any) -> None:
+    """``s3_endpoint`` is an http(s) URL with a host and no credentials (those come from the environment)."""
+    if url is None:
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EnvironmentFileError(f"{path}: s3_endpoint must be the http(s) URL of an S3-compatible server, "
+                                   "e.g. s3_endpoint: http://127.0.0.1:9000 (or null for AWS itself)", env=env)
+    if parts.username or parts.password:
+        raise EnvironmentFileError(f"{path}: s3_endpoint must not carry credentials: remove the user:password@ part "
+                                   "and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment", env=env)
+
+
+def _shown_name(entry: Any) -> str:
+    """A bad ``kernel_env`` entry for an error message: never what follows an ``=`` (it may be a secret)."""
+    if not isinstance(entry, str):
+        return f"a {type(entry).__name__}"
+    name, sep, _value = entry.partition("=")
+    return repr(name[:40] + ("=..." if sep else ""))
+
+
+def current_name() -> str:
+    """The name of this run's environment: ``$STACKBOOK_ENV`` (set by the runner and ``stackbook lab``), else dev."""
     import os
 
-    return load(os.environ.get("STACKBOOK_ENV") or DEFAULT_ENV)
+    return os.environ.get("STACKBOOK_ENV") or DEFAULT_ENV
+
+
+def current() -> Environment:
+    """The environment of this run (``current_name()``), loaded."""
+    return load(current_name())

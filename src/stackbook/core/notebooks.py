@@ -1,7 +1,12 @@
 """Reading runbooks: the parameters cell, the metadata and the title.
 
-Notebooks are read as plain JSON (not through nbformat, whose schema
-validation costs a second of imports) so that ``list`` and ``show`` start fast.
+Notebooks are read as JSON and checked against nbformat's own schema
+(``nbformat.validator``) before anything else looks at them, so a notebook
+that is JSON but not a notebook (cell metadata that is a list, a source that
+is a number, an nbformat 3 file) is one clear error, not a traceback later.
+jsonschema's optional ``rfc3987_syntax`` import (a second of grammar
+compiling, for IRI formats no notebook uses) is skipped, so ``list`` and
+``show`` still start fast. A parameter's default must match its declared type.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import sys
 import tokenize
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +24,13 @@ from stackbook.core.errors import NotebookError
 
 PARAMETERS_TAG = "parameters"
 SIMPLE_TYPES = ("int", "float", "bool", "str", "list", "dict")
+DEFAULT_KERNEL = "python3"
+CELL_TYPES = ("markdown", "code", "raw")
+MAX_SHOWN = 40  # characters of a value an error message shows
+
+#: the Python types a value of each parameter type may have (an int passes for a float)
+_PY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "dict": dict}
 
 # metadata.stackbook keys, their types, and defaults
 METADATA_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -52,6 +65,17 @@ class Parameter:
         text = f"one of {self.choices!r}" if self.type == "Literal" else self.type
         return text + (" or None" if self.nullable else "")
 
+    def accepts(self, value: Any) -> bool:
+        """Whether VALUE has this parameter's type (None only when nullable; a bool is no int)."""
+        if value is None:
+            return self.nullable
+        if self.type == "Literal":
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices or [])
+        if isinstance(value, bool) and self.type != "bool":
+            return False
+        kind = _PY_TYPES.get(self.type)
+        return kind is not None and isinstance(value, kind)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -65,6 +89,7 @@ class Runbook:
     metadata: dict[str, Any]
     parameters: list[Parameter] = field(default_factory=list)
     parameters_cell_index: int | None = None
+    kernel: str = DEFAULT_KERNEL  # metadata.kernelspec.name: the kernel a run starts
 
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -86,6 +111,15 @@ class Runbook:
         return {**self.summary(), "metadata": self.metadata, "parameters": [p.to_dict() for p in self.parameters]}
 
 
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to MAX_SHOWN characters: an error message never echoes a huge value."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past Python's digit limit, a structure nested too deep
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
 def read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -94,9 +128,60 @@ def read_json(path: Path) -> dict:
         raise NotebookError(f"{path}: no such notebook") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotebookError(f"{path}: not a valid notebook (malformed JSON: {exc})") from exc
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        raise NotebookError(f"{path}: not a valid notebook (no 'cells' list)")
+    except RecursionError:
+        raise NotebookError(f"{path}: not a valid notebook (its JSON is nested too deeply to read)") from None
+    if not isinstance(nb, dict):
+        raise NotebookError(f"{path}: not a valid notebook (the JSON is a {type(nb).__name__}, not an object)")
+    check_format(nb, path)
     return nb
+
+
+def _skip_slow_optional_imports() -> None:
+    # jsonschema imports its optional rfc3987_syntax module (1 to 1.3 s) when nbformat
+    # loads it; nothing validates IRI formats in a notebook, so skip it.
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)
+
+
+def check_format(nb: dict, path: Path) -> None:
+    """nbformat 4 and valid against nbformat's schema, else NotebookError naming the version or the first problem."""
+    if "nbformat" not in nb:
+        raise NotebookError(f"{path}: not a Jupyter notebook (no 'nbformat' version in its JSON)")
+    _skip_slow_optional_imports()
+    from nbformat import reader, validator
+
+    major, _ = reader.get_version(nb)
+    if major != 4:
+        raise NotebookError(f"{path}: an nbformat {shown(major)} notebook; stackbook reads nbformat 4 only "
+                            "(open it in JupyterLab and save it: that converts it)")
+    try:
+        problem = next(iter(validator.iter_validate(nb)), None)
+    except KeyError:  # a minor version nbformat has no schema for
+        raise NotebookError(f"{path}: nbformat_minor {shown(nb.get('nbformat_minor'))} is not an nbformat 4 "
+                            "version this nbformat knows") from None
+    if problem is not None:
+        raise NotebookError(f"{path}: not a valid nbformat 4 notebook: {_describe(problem)}")
+
+
+def _describe(error) -> str:
+    """One line for a jsonschema error: where (``cells[2].metadata``) and what, the value shortened."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    where = where or "the top level"
+    value = error.instance
+    if (error.validator == "oneOf" and isinstance(value, dict) and where.startswith("cells[")
+            and value.get("cell_type") not in CELL_TYPES):
+        return f"{where}: cell_type {shown(value.get('cell_type'))} is not one of {', '.join(CELL_TYPES)}"
+    if error.validator in ("oneOf", "anyOf") and error.context and all(c.validator == "type" for c in error.context):
+        kinds = " or ".join(repr(c.validator_value) for c in error.context)
+        return f"{where}: {shown(value)} is not of type {kinds}"
+    message = error.message
+    try:
+        full = repr(value)
+    except (ValueError, RecursionError):
+        full = ""
+    if full and message.startswith(full):
+        message = shown(value) + message[len(full):]
+    return f"{where}: {message if len(message) <= 200 else message[:197] + '...'}"
 
 
 def cell_source(cell: dict) -> str:
@@ -147,7 +232,7 @@ def _parse_annotation(node: ast.expr, source: str, where: str) -> tuple[str, lis
             elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
             try:
                 return "Literal", [ast.literal_eval(e) for e in elts], False
-            except ValueError as exc:
+            except (ValueError, TypeError, RecursionError) as exc:
                 raise NotebookError(f"{where}: Literal choices must be constants") from exc
         if head in ("list", "List", "dict", "Dict"):
             return head.lower(), None, False
@@ -173,6 +258,8 @@ def parse_parameters(source: str, where: str) -> list[Parameter]:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise NotebookError(f"{where}: the parameters cell is not valid Python (line {exc.lineno}: {exc.msg})") from exc
+    except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes; nesting the parser cannot hold
+        raise NotebookError(f"{where}: the parameters cell is not valid Python ({exc})") from exc
     comments = _comments_by_line(source)
     params: list[Parameter] = []
     for stmt in tree.body:
@@ -197,16 +284,28 @@ def parse_parameters(source: str, where: str) -> list[Parameter]:
             )
         try:
             default = ast.literal_eval(value_node)
-        except ValueError as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise NotebookError(f"{where}: the default of parameter {name!r} must be a literal value") from exc
         if kind is None:
             kind = _infer_type(default)
             nullable = default is None
-        params.append(
-            Parameter(name=name, type=kind, default=default, help=comments.get(stmt.lineno, ""),
-                      choices=choices, nullable=nullable, annotation=annotation, line=stmt.lineno)
-        )
+        param = Parameter(name=name, type=kind, default=default, help=comments.get(stmt.lineno, ""),
+                          choices=choices, nullable=nullable, annotation=annotation, line=stmt.lineno)
+        _check_default(param, where)
+        params.append(param)
     return params
+
+
+def _check_default(p: Parameter, where: str) -> None:
+    """A default of the declared type (None is allowed: the parameter is then optional)."""
+    if p.default is None or p.accepts(p.default):
+        return
+    got = f"{shown(p.default)}, of type {type(p.default).__name__}"
+    if not p.annotation:
+        raise NotebookError(f"{where}: the default of parameter {p.name!r} is {got}, which stackbook cannot pass; "
+                            "use an int, float, bool, str, list or dict")
+    raise NotebookError(f"{where}: parameter {p.name!r} is declared {p.annotation} but its default is {got}; "
+                        f"give it a default of type {p.describe_type()} or change the annotation (line {p.line})")
 
 
 def _title(nb: dict, fallback: str) -> str:
@@ -251,4 +350,11 @@ def load(path: Path | str, runbooks_root: Path | None = None) -> Runbook:
         metadata=_metadata(nb, path),
         parameters=params,
         parameters_cell_index=index,
+        kernel=_kernel_name(nb),
     )
+
+
+def _kernel_name(nb: dict) -> str:
+    """The notebook's ``metadata.kernelspec.name`` (the schema makes it a string when present), else python3."""
+    spec = (nb.get("metadata") or {}).get("kernelspec") or {}
+    return spec.get("name") or DEFAULT_KERNEL

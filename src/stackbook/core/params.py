@@ -3,23 +3,37 @@
 Precedence, highest first: CLI ``-p`` values, the ``-f`` file, the environment
 file (its ``runbooks.<name>`` section, then its shared ``params`` for the
 parameters the runbook has), the notebook's defaults.
+
+The final values go to the run ledger as ``jsonb`` and to the kernel as Python
+literals, so ``resolve`` also refuses what PostgreSQL's jsonb cannot store:
+NaN and infinities, text with a NUL character or a lone surrogate (what
+undecodable bytes of a command line become), and values that are not JSON at
+all (dates, sets, binary from YAML tags). Every error names the parameter and
+shows at most 40 characters of the value (``notebooks.shown``).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 from stackbook.core.errors import ParameterError
-from stackbook.core.notebooks import Parameter, Runbook
+from stackbook.core.files import load_yaml
+from stackbook.core.notebooks import Parameter, Runbook, shown
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_INT_BITS = 13_000  # about 3,900 digits: Python's int/str limit (4,300) stops json.dumps past that
+MAX_DEPTH = 100  # nesting of lists and mappings
+MAX_ITEMS = 100_000  # values in one parameter (YAML aliases can multiply a small file)
 
 
 def _fail(p: Parameter, value: Any, why: str = "") -> ParameterError:
     extra = f" ({why})" if why else ""
-    return ParameterError(f"parameter {p.name!r} expects {p.describe_type()}, got {value!r}{extra}")
+    return ParameterError(f"parameter {p.name!r} expects {p.describe_type()}, got {shown(value)}{extra}")
 
 
 def from_text(p: Parameter, text: str) -> Any:
@@ -52,6 +66,8 @@ def from_text(p: Parameter, text: str) -> Any:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise _fail(p, text, f"not valid JSON/YAML: {getattr(exc, 'problem', exc)}") from None
+        except (ValueError, RecursionError) as exc:  # a date like 2024-13-45, an int past Python's digit limit
+            raise _fail(p, text, f"not valid JSON/YAML: {shown(str(exc))}") from None
         if not isinstance(value, list if p.type == "list" else dict):
             raise _fail(p, text)
         return value
@@ -69,29 +85,67 @@ def check(p: Parameter, value: Any) -> Any:
         if p.nullable or p.default is None:
             return None
         raise _fail(p, value)
-    kind = p.type
-    if kind == "bool" and isinstance(value, bool):
-        return value
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind == "str" and isinstance(value, str):
-        return value
-    if kind == "list" and isinstance(value, list):
-        return value
-    if kind == "dict" and isinstance(value, dict):
-        return value
-    if kind == "Literal" and value in (p.choices or []):
-        return value
-    raise _fail(p, value)
+    if not p.accepts(value):
+        raise _fail(p, value)
+    if p.type == "float":
+        try:
+            return float(value)
+        except OverflowError:
+            raise _fail(p, value, "too large for a float") from None
+    return value
+
+
+def unstorable(value: Any) -> str | None:
+    """Why VALUE cannot be stored as jsonb (and passed on as JSON), or None when it can."""
+    stack, seen = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if seen > MAX_ITEMS or depth > MAX_DEPTH:
+            return (f"holds more than {MAX_ITEMS} values or is nested deeper than {MAX_DEPTH} levels "
+                    "(a YAML alias loop?)")
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if key is not None and not isinstance(key, (str, int, float)):
+                    return f"has a key of type {type(key).__name__} ({shown(key)}); JSON keys are text"
+                stack += [(key, depth + 1), (inner, depth + 1)]
+        elif isinstance(item, list):
+            stack += [(inner, depth + 1) for inner in item]
+        else:
+            why = _unstorable_scalar(item, "holds" if depth else "is")
+            if why:
+                return why
+    return None
+
+
+def _unstorable_scalar(value: Any, verb: str) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        too_large = value.bit_length() > MAX_INT_BITS
+        return "holds an integer too large to store (thousands of digits)" if too_large else None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return (f"{verb} {value!r}: PostgreSQL's jsonb (the run ledger) cannot store NaN or infinities; "
+                "pass a finite number")
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "holds a NUL character (\\u0000), which PostgreSQL cannot store in text or jsonb; remove it"
+        bad = _SURROGATE.search(value)
+        if bad:
+            return (f"holds a lone surrogate (U+{ord(bad.group()):04X}), which is not valid Unicode (bytes of a "
+                    "command line that are not UTF-8 become these); pass UTF-8 text")
+        return None
+    return (f"holds a {type(value).__name__} value ({shown(value)}), which is not JSON; quote it in YAML to pass "
+            "text")
 
 
 def _unknown(runbook: Runbook, names: list[str], source: str) -> ParameterError:
     valid = ", ".join(p.name for p in runbook.parameters) or "(none)"
     plural = "s" if len(names) > 1 else ""
     return ParameterError(
-        f"unknown parameter{plural} {', '.join(map(repr, names))} for runbook {runbook.name!r} ({source}); "
+        f"unknown parameter{plural} {', '.join(map(shown, names))} for runbook {runbook.name!r} ({source}); "
         f"valid parameters: {valid}",
         runbook=runbook.name,
     )
@@ -101,21 +155,15 @@ def parse_assignments(items: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
         if "=" not in item:
-            raise ParameterError(f"-p expects KEY=VALUE, got {item!r}")
+            raise ParameterError(f"-p expects KEY=VALUE, got {shown(item)}")
         key, _, value = item.partition("=")
         pairs.append((key.strip(), value))
     return pairs
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ParameterError(f"parameters file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"parameters file {path} is not valid YAML: {exc}") from None
+    """The values of a ``-f`` parameters file (a YAML mapping of name: value)."""
+    data = load_yaml(path, what="parameters file", error=ParameterError, default={})
     if not isinstance(data, dict):
         raise ParameterError(f"parameters file {path} must hold a mapping of name: value")
     return data
@@ -147,4 +195,8 @@ def resolve(
         raise _unknown(runbook, unknown, "-p")
     for key, text in pairs:
         values[key] = from_text(runbook.parameter(key), text)
+    for key, value in values.items():
+        why = unstorable(value)
+        if why:
+            raise ParameterError(f"parameter {key!r} {why}", runbook=runbook.name)
     return values

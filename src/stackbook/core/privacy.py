@@ -1,6 +1,6 @@
 """Usage tracking off: the environment every process stackbook starts gets.
 
-dbt, MLflow and ploomber report usage or look online for new versions unless
+dbt, MLflow, ploomber and Great Expectations report usage or look online for new versions unless
 told not to; nothing stackbook runs may wait on an outside host. Kernels,
 the book build, cron lines, Airflow tasks and pods all get these values.
 """
@@ -16,6 +16,7 @@ TELEMETRY_OFF = {
     "PLOOMBER_STATS_ENABLED": "false",
     "PLOOMBER_VERSION_CHECK_DISABLED": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "False",  # Great Expectations 1.x (its data contexts read it when not configured)
 }
 
 

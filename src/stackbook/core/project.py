@@ -1,4 +1,17 @@
-"""Where the project and its local state live."""
+"""Where the project and its local state live.
+
+Two folders, both git-ignored, both under ``<root>/.stackbook`` by default:
+
+- the *home* (``home_dir()``, ``$STACKBOOK_HOME``): the project-local PostgreSQL cluster (``pg/``) and what is
+  cluster-wide with it, the passwords of the provisioned roles (``credentials/``);
+- the *state* folder (``state_dir()``, ``$STACKBOOK_STATE_DIR``, default: the home): what runs leave behind,
+  the run store, lab results, audit reports, dbt targets, MLflow artifacts, pipeline products, book sources,
+  caches.
+
+They are separate so that one cluster can serve two sets of runs: the test suite points
+``STACKBOOK_STATE_DIR`` (and ``STACKBOOK_DATABASE``, see ``stackbook.run.pgcluster``) elsewhere and
+never writes into a developer's runs, ledger or book.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +44,22 @@ def root() -> Path:
     return here
 
 
-def state_dir() -> Path:
-    """Local state: database cluster, run store, caches. Git-ignored."""
+def home_dir() -> Path:
+    """The cluster's home: $STACKBOOK_HOME, else ``<root>/.stackbook``; created 0700 (``stackbook up`` keeps it
+    so, or 0710 for the cluster's OS user to traverse: ``stackbook.run.pgcluster``)."""
     path = Path(os.environ.get("STACKBOOK_HOME") or root() / STATE_DIRNAME)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def state_dir() -> Path:
+    """What runs leave behind (run store, tmp, lab, audit, dbt, MLflow artifacts, book sources, caches):
+    $STACKBOOK_STATE_DIR, else the home folder; created 0700: it holds the executed notebooks, for their owner alone."""
+    explicit = os.environ.get("STACKBOOK_STATE_DIR")
+    if not explicit:
+        return home_dir()
+    path = Path(explicit)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
@@ -49,3 +74,20 @@ def environments_dir() -> Path:
 def run_store_root() -> str:
     """Base location of executed notebooks; a local folder or any papermill-style URL."""
     return os.environ.get("STACKBOOK_RUN_STORE") or str(state_dir() / "runs")
+
+
+_git_commit: str | None | bool = False  # False: not asked yet
+
+
+def git_commit() -> str | None:
+    """HEAD of the project's git checkout (asked once per process); None outside a checkout or without git."""
+    global _git_commit
+    if _git_commit is False:
+        import subprocess
+
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root(), capture_output=True, text=True, timeout=5)
+            _git_commit = out.stdout.strip() or None if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            _git_commit = None
+    return _git_commit

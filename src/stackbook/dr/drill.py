@@ -58,8 +58,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from stackbook.core import project
-from stackbook.core.errors import DatabaseUnavailable, RefusedError, StackbookError, UsageError
+from stackbook.core.errors import DatabaseUnavailable, DrError, DrRefused, UsageError  # noqa: F401 (re-exported)
 
 HEARTBEAT_SCHEMA = "stackbook"
 HEARTBEAT_TABLE = "dr_heartbeat"
@@ -84,18 +86,7 @@ TABLES_SQL = """
 SCHEMAS_SQL = """
     select nspname from pg_namespace
     where nspname not in ('information_schema') and nspname !~ '^pg_' order by 1"""
-
-
-class DrError(StackbookError):
-    """A drill step failed; the message names the step, the file or table, and what to do."""
-
-
-class DrRefused(RefusedError):
-    """A restore target that must not be restored into (a live database) without ``force``."""
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+HEARTBEAT = sql.Identifier(HEARTBEAT_SCHEMA, HEARTBEAT_TABLE)
 
 
 def backups_dir() -> Path:
@@ -108,7 +99,8 @@ def live_databases(source: str) -> set[str]:
     """Databases a drill never restores into unless forced: the source and the platform's own."""
     from stackbook.run import pgcluster
 
-    return {source, *pgcluster.DATABASES}
+    names = {source, *pgcluster.DATABASES}
+    return names | {pgcluster.database_name(n) for n in names}
 
 
 def _connect(database: str, autocommit: bool = True):
@@ -118,8 +110,8 @@ def _connect(database: str, autocommit: bool = True):
 
 
 def _pin_formats(conn) -> None:
-    for sql in SESSION_SETTINGS:
-        conn.execute(sql)
+    for setting in SESSION_SETTINGS:
+        conn.execute(setting)
 
 
 def _database_exists(name: str) -> bool:
@@ -155,22 +147,22 @@ def beat(database: str = "stackbook", source: str = "dr_drill") -> datetime:
     """Write a heartbeat row (creating ``stackbook.dr_heartbeat`` if needed); returns its server time."""
     import psycopg
 
-    table = f"{_q(HEARTBEAT_SCHEMA)}.{_q(HEARTBEAT_TABLE)}"
     with _connect(database) as conn:
         for attempt in (1, 2):
             try:
-                conn.execute(f"create schema if not exists {_q(HEARTBEAT_SCHEMA)}")
-                conn.execute(f"""create table if not exists {table} (
+                conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(HEARTBEAT_SCHEMA)))
+                conn.execute(sql.SQL("""create table if not exists {} (
                     id bigint generated always as identity primary key,
                     beat_at timestamptz not null default clock_timestamp(),
-                    source text not null default '')""")
+                    source text not null default '')""").format(HEARTBEAT))
                 break
             except psycopg.errors.UniqueViolation:  # created concurrently
                 if attempt == 2:
                     raise
-        conn.execute(f"delete from {table} where beat_at < now() - make_interval(days => %s)",
+        conn.execute(sql.SQL("delete from {} where beat_at < now() - make_interval(days => %s)").format(HEARTBEAT),
                      (HEARTBEAT_KEEP_DAYS,))
-        return conn.execute(f"insert into {table} (source) values (%s) returning beat_at", (source,)).fetchone()[0]
+        return conn.execute(sql.SQL("insert into {} (source) values (%s) returning beat_at").format(HEARTBEAT),
+                            (source,)).fetchone()[0]
 
 
 # ---------------------------------------------------------------- backup
@@ -250,9 +242,9 @@ class Backup:
 
 def table_checksum(conn, schema: str, table: str) -> tuple[int, str]:
     """Row count and order-independent content checksum of one table (in the connection's snapshot)."""
-    row = conn.execute(
-        f"select count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint), 0)::text "
-        f"from {_q(schema)}.{_q(table)} t").fetchone()
+    row = conn.execute(sql.SQL(
+        "select count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint), 0)::text "
+        "from {} t").format(sql.Identifier(schema, table))).fetchone()
     return int(row[0]), row[1]
 
 
@@ -289,9 +281,8 @@ def backup(database: str = "stackbook", schemas: str | list[str] | None = None,
 
 
 def _backup_into(out: Path, database: str, wanted: list[str] | None) -> Backup:
+    """Dump ``database`` (or the schemas ``wanted``) into ``out`` from one snapshot, with per-table checksums."""
     import psycopg
-
-    from stackbook.run.pgcluster import pg_tool
 
     dump = out / DUMP_NAME
     t0 = time.monotonic()
@@ -304,46 +295,13 @@ def _backup_into(out: Path, database: str, wanted: list[str] | None) -> Backup:
         conn.read_only = True
         _pin_formats(conn)
         snapshot, snapshot_at = conn.execute("select pg_export_snapshot(), clock_timestamp()").fetchone()
-        existing = [r[0] for r in conn.execute(SCHEMAS_SQL)]
-        if wanted is None:
-            selected, whole = existing, True
-        else:
-            unknown = [s for s in wanted if s not in existing]
-            if unknown:
-                raise UsageError(f"schema(s) {', '.join(unknown)} not in database {database!r} "
-                                 f"(it has: {', '.join(existing)})")
-            selected, whole = sorted({*wanted, HEARTBEAT_SCHEMA} & set(existing)), False
-        tables = conn.execute(TABLES_SQL, (selected,)).fetchall()
-        conn.execute(f"set local lock_timeout = '{LOCK_WAIT}'")
-        locked, skipped = [], []
-        for schema, table in tables:
-            try:
-                with conn.transaction():
-                    conn.execute(f"lock table {_q(schema)}.{_q(table)} in access share mode")
-                locked.append((schema, table))
-            except psycopg.errors.UndefinedTable:  # dropped after the snapshot was taken
-                skipped.append(f"{schema}.{table}")
-            except psycopg.errors.LockNotAvailable:
-                raise DrError(f"table {schema}.{table} of database {database!r} stayed locked by another session "
-                              f"for {LOCK_WAIT} (DDL or a long transaction holding ACCESS EXCLUSIVE): see "
-                              "pg_locks, let it finish, then run the drill again") from None
-        args = [pg_tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", f"--lock-wait-timeout={LOCK_WAIT}",
-                "--no-password", "-f", str(dump)]
-        if not whole:
-            args += [f"--schema={_q(s)}" for s in selected]
-        args += [f"--exclude-table={_q(s.split('.', 1)[0])}.{_q(s.split('.', 1)[1])}" for s in skipped]
-        proc = subprocess.Popen(args, env=_pg_env(database), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        try:
-            entries = [TableEntry(s, t, *table_checksum(conn, s, t)) for s, t in locked]
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        _, err = proc.communicate()
+        selected, whole = _selected_schemas(conn, database, wanted)
+        locked, skipped = _lock_tables(conn, database, conn.execute(TABLES_SQL, (selected,)).fetchall())
+        args = _pg_dump_args(dump, snapshot, selected if not whole else None, skipped)
+        entries, returncode, err = _dump_while_checksumming(conn, args, database, locked)
         conn.rollback()
-    if proc.returncode != 0:
-        raise DrError(f"pg_dump of database {database!r} failed (exit {proc.returncode}); nothing was kept "
+    if returncode != 0:
+        raise DrError(f"pg_dump of database {database!r} failed (exit {returncode}); nothing was kept "
                       f"in {out}:\n{_tail(err)}")
     dump.chmod(0o600)
     result = Backup(
@@ -353,6 +311,64 @@ def _backup_into(out: Path, database: str, wanted: list[str] | None) -> Backup:
     )
     result.write_manifest()
     return result
+
+
+def _selected_schemas(conn, database: str, wanted: list[str] | None) -> tuple[list[str], bool]:
+    """The schemas to back up (every one, or ``wanted`` and the heartbeat's) and whether that is the whole database."""
+    existing = [r[0] for r in conn.execute(SCHEMAS_SQL)]
+    if wanted is None:
+        return existing, True
+    unknown = [s for s in wanted if s not in existing]
+    if unknown:
+        raise UsageError(f"schema(s) {', '.join(unknown)} not in database {database!r} "
+                         f"(it has: {', '.join(existing)})")
+    return sorted({*wanted, HEARTBEAT_SCHEMA} & set(existing)), False
+
+
+def _lock_tables(conn, database: str, tables: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """ACCESS SHARE locks on the tables, so none is altered or dropped until the dump has read it;
+    the tables locked, and those dropped since the snapshot (``schema.table``)."""
+    import psycopg
+
+    conn.execute(f"set local lock_timeout = '{LOCK_WAIT}'")
+    locked, skipped = [], []
+    for schema, table in tables:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("lock table {} in access share mode").format(sql.Identifier(schema, table)))
+            locked.append((schema, table))
+        except psycopg.errors.UndefinedTable:  # dropped after the snapshot was taken
+            skipped.append(f"{schema}.{table}")
+        except psycopg.errors.LockNotAvailable:
+            raise DrError(f"table {schema}.{table} of database {database!r} stayed locked by another session "
+                          f"for {LOCK_WAIT} (DDL or a long transaction holding ACCESS EXCLUSIVE): see "
+                          "pg_locks, let it finish, then run the drill again") from None
+    return locked, skipped
+
+
+def _pg_dump_args(dump: Path, snapshot: str, schemas: list[str] | None, skipped: list[str]) -> list[str]:
+    """pg_dump of the exported snapshot into ``dump`` (custom format): ``schemas`` only, unless None."""
+    from stackbook.run.pgcluster import pg_tool
+
+    args = [pg_tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", f"--lock-wait-timeout={LOCK_WAIT}",
+            "--no-password", "-f", str(dump)]
+    args += [f"--schema={sql.Identifier(s).as_string()}" for s in schemas or ()]
+    args += [f"--exclude-table={sql.Identifier(*s.split('.', 1)).as_string()}" for s in skipped]
+    return args
+
+
+def _dump_while_checksumming(conn, args: list[str], database: str,
+                             locked: list[tuple[str, str]]) -> tuple[list[TableEntry], int, str]:
+    """Run pg_dump while checksumming the locked tables in the same snapshot; the entries, its exit code, stderr."""
+    proc = subprocess.Popen(args, env=_pg_env(database), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        entries = [TableEntry(s, t, *table_checksum(conn, s, t)) for s, t in locked]
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    _, err = proc.communicate()
+    return entries, proc.returncode, err
 
 
 def prune(database: str, keep: int) -> list[str]:
@@ -414,7 +430,7 @@ def restore(backup: Backup, target: str, create: bool, jobs: int = 2) -> float:
     t0 = time.monotonic()
     if create:
         with _connect("postgres") as conn:
-            conn.execute(f"create database {_q(target)} template template0")
+            conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(target)))
     args = [pg_tool("pg_restore"), "--exit-on-error", "--no-password", "-d", target]
     if jobs > 1:
         args.append(f"--jobs={jobs}")
@@ -464,8 +480,7 @@ def verify(backup: Backup, target: str) -> Verification:
             mismatches.append(f"{extra}: in the restored database but not in the manifest")
         newest = None
         if f"{HEARTBEAT_SCHEMA}.{HEARTBEAT_TABLE}" in present:
-            newest = conn.execute(
-                f"select max(beat_at) from {_q(HEARTBEAT_SCHEMA)}.{_q(HEARTBEAT_TABLE)}").fetchone()[0]
+            newest = conn.execute(sql.SQL("select max(beat_at) from {}").format(HEARTBEAT)).fetchone()[0]
         conn.rollback()
     return Verification(tables_verified=verified, mismatches=mismatches, newest_heartbeat=newest,
                         seconds=time.monotonic() - t0)
@@ -473,7 +488,7 @@ def verify(backup: Backup, target: str) -> Verification:
 
 def drop_database(name: str) -> None:
     with _connect("postgres") as conn:
-        conn.execute(f"drop database if exists {_q(name)} with (force)")
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 # ---------------------------------------------------------------- targets and the drill

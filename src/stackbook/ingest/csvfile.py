@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from stackbook.core.errors import UsageError
+from stackbook.core.errors import EncodingNotSupported, HeaderError  # noqa: F401 (re-exported)
 
 BLOCK = 1 << 20
 MAX_RECORD_LINES = 10_000  # a quoted field longer than this many lines is taken as an unterminated quote
@@ -40,10 +40,6 @@ PG_ENCODINGS = {
     "gbk": "GBK",
     "big5": "BIG5",
 }
-
-
-class EncodingNotSupported(UsageError):
-    """An encoding PostgreSQL's COPY cannot read."""
 
 
 @dataclass(frozen=True)
@@ -195,10 +191,6 @@ def read_header(path: Path, enc: Encoding) -> Header | None:
         seen.setdefault(name, 1)
         names.append(name)
     return Header(names, cells, offset, line_no)
-
-
-class HeaderError(UsageError):
-    """A header row that cannot be read."""
 
 
 def has_rows_after(path: Path, offset: int) -> bool:

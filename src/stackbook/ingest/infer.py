@@ -19,6 +19,16 @@ A spec (a dict or a YAML/JSON file) overrides inference::
 
 (``{raw_orders: {id: text, ...}}`` is accepted too). A type is a logical name
 above or any PostgreSQL type (``uuid``, ``varchar(20)``, ``int4``).
+
+A spec's type never reaches ``CREATE TABLE`` as written: ``resolve_pg_type`` has
+the target database resolve it as one type name (``to_regtype``, the text as a
+bound parameter, modifiers through the type's own modifier function) and the
+DDL gets PostgreSQL's canonical spelling (``int4`` -> ``integer``,
+``varchar(20)`` -> ``character varying(20)``). Anything else, such as
+``bigint, extra text default current_user``, is a SpecError naming the column.
+
+The value patterns are ASCII (``re.ASCII``): PostgreSQL's input functions take
+ASCII digits only, so ``١٢٣`` is text here too.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from stackbook.core.errors import UsageError
+from stackbook.core.errors import SpecError  # noqa: F401 (re-exported)
+from stackbook.core.files import load_yaml
 
 LOGICAL_TYPES = ("boolean", "integer", "numeric", "date", "timestamp", "timestamptz", "text")
 
@@ -45,21 +56,19 @@ PG_TYPES = {
 
 SAMPLE_ROWS = 1000
 
-_INT = re.compile(r"\s*[+-]?\d+\s*\Z")
-_NUM = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z")
+_INT = re.compile(r"\s*[+-]?\d+\s*\Z", re.ASCII)
+_NUM = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z", re.ASCII)
 _NUM_SPECIAL = {"nan", "infinity", "+infinity", "-infinity", "inf", "+inf", "-inf"}
-_DATE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})\s*\Z")
+_DATE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})\s*\Z", re.ASCII)
 _TS = re.compile(
     r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6})\d*)?)?)?"
-    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?\s*\Z"
+    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?\s*\Z", re.ASCII
 )
+_MODIFIERS = re.compile(r"\(\s*(\d{1,9})\s*(?:,\s*(\d{1,9})\s*)?\)", re.ASCII)  # varchar(20), numeric(10, 2)
+MAX_INT_DIGITS = 19  # a bigint has at most 19 digits (after a sign and leading zeros)
 _TS_SPECIAL = {"infinity", "-infinity", "+infinity", "epoch"}
 _BOOL_TRUE = ("true", "yes", "on", "1")
 _BOOL_FALSE = ("false", "no", "off", "0")
-
-
-class SpecError(UsageError):
-    """A spec file or dict that cannot be used: the message names the file and the entry."""
 
 
 #: every spelling PostgreSQL's boolean input takes (after trimming, case-insensitive): unique prefixes
@@ -84,7 +93,9 @@ def _int_range(bits: int) -> Callable[[str], bool]:
     def check(v: str) -> bool:
         if len(v) <= short and v.isdigit() and v.isascii():
             return True
-        return bool(_INT.match(v)) and lo <= int(v) <= hi
+        if not _INT.match(v) or len(v.strip().lstrip("+-").lstrip("0")) > MAX_INT_DIGITS:
+            return False  # also keeps int() off strings past Python's 4,300-digit limit
+        return lo <= int(v) <= hi
 
     return check
 
@@ -216,15 +227,12 @@ def load_spec(spec: str | Path | Mapping | None) -> dict[str, dict[str, str]]:
         where = str(path)
         if not path.is_file():
             raise SpecError(f"spec file {path} does not exist: pass the path of a YAML or JSON file, or no spec")
-        import yaml
-
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"spec file {path} is not valid YAML/JSON: {exc}") from None
+        spec = load_yaml(path, what="spec file", error=SpecError, default={})
     if not isinstance(spec, Mapping):
         raise SpecError(f"{where}: expected a mapping of table -> columns, got {type(spec).__name__}")
     tables = spec.get("tables", spec) if "tables" in spec else spec
+    if not isinstance(tables, Mapping):
+        raise SpecError(f"{where}: `tables:` must be a mapping of table -> columns, got {type(tables).__name__}")
     out: dict[str, dict[str, str]] = {}
     for table, body in tables.items():
         cols = body.get("columns", body) if isinstance(body, Mapping) else None
@@ -237,3 +245,51 @@ def load_spec(spec: str | Path | Mapping | None) -> dict[str, dict[str, str]]:
                                 f"{', '.join(LOGICAL_TYPES)} or a PostgreSQL type name")
         out[str(table)] = {str(c): str(t) for c, t in cols.items()}
     return out
+
+
+def _type_hint() -> str:
+    return f"use one of {', '.join(LOGICAL_TYPES)} or one PostgreSQL type name such as uuid or varchar(20)"
+
+
+def resolve_pg_type(conn, type_name: str, where: str) -> str:
+    """PostgreSQL's canonical spelling of one type (a logical name is mapped first); SpecError naming WHERE else.
+
+    ``to_regtype`` resolves the name (bound as a parameter, in a savepoint: a syntax error such as
+    ``bigint, x text`` must not abort the caller's transaction); a modifier like ``(20)`` goes
+    through the type's modifier-input function, and ``format_type`` spells the result.
+    """
+    import psycopg
+    from psycopg import sql
+
+    name = logical_to_pg(type_name)
+    try:
+        with conn.transaction():
+            row = conn.execute("select t.oid, t.typtype, p.pronamespace::regnamespace::text, p.proname "
+                               "from pg_type t left join pg_proc p on p.oid = t.typmodin "
+                               "where t.oid = to_regtype(%s)", [name]).fetchone()
+    except psycopg.Error as exc:
+        raise SpecError(f"{where}: type {type_name!r} is not one PostgreSQL type name "
+                        f"({exc.diag.message_primary}); {_type_hint()}") from None
+    if row is None or row[1] == "p":  # unknown, or a pseudo-type (record, trigger) no column can have
+        raise SpecError(f"{where}: type {type_name!r} is not a type PostgreSQL knows as a column type; {_type_hint()}")
+    oid, _, schema, modifier_in = row
+    mods = _MODIFIERS.findall(name)
+    if not mods:
+        return conn.execute("select format_type(%s, NULL)", [oid]).fetchone()[0]
+    if len(mods) > 1 or modifier_in is None:
+        raise SpecError(f"{where}: type {type_name!r} takes no such modifier; {_type_hint()}")
+    args = "{" + ",".join(m for m in mods[0] if m) + "}"
+    try:
+        with conn.transaction():
+            typmod = conn.execute(sql.SQL("select {}(%s::cstring[])").format(sql.Identifier(schema, modifier_in)),
+                                  [args]).fetchone()[0]
+    except psycopg.Error as exc:
+        raise SpecError(f"{where}: type {type_name!r}: {exc.diag.message_primary}") from None
+    return conn.execute("select format_type(%s, %s)", [oid, typmod]).fetchone()[0]
+
+
+def check_spec(conn, specs: Mapping[str, Mapping[str, str]]) -> None:
+    """Every type of a loaded spec resolves (``resolve_pg_type``): a bad one fails before any file is loaded."""
+    for table, columns in specs.items():
+        for column, type_name in columns.items():
+            resolve_pg_type(conn, type_name, f"spec: column {table}.{column}")

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from stackbook.core import project
-from stackbook.core.errors import StackbookError, UsageError
+from stackbook.core.errors import GeneratorError, UsageError
 
 #: table -> key columns of every file jafgen writes (supplies: one row per supply and product)
 KEYS: dict[str, list[str]] = {
@@ -36,10 +36,6 @@ KEYS: dict[str, list[str]] = {
 }
 
 DONE = ".complete"
-
-
-class GeneratorError(StackbookError):
-    """jafgen is missing or failed."""
 
 
 def cache_dir(years: int, seed: int = 0) -> Path:

@@ -51,15 +51,16 @@ import hashlib
 import re
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import psycopg
 from psycopg import sql
 
-from stackbook.core.errors import UsageError
+from stackbook.core.errors import FileError, SourceError
 from stackbook.ingest import csvfile, infer, manifest
-from stackbook.ingest.report import LoadError, LoadReport
+from stackbook.ingest.report import LoadReport
 
 STAGE = "_stackbook_stage"
 SEQ = "_stackbook_seq"
@@ -70,14 +71,6 @@ SEEN_MAX = 4096  # values remembered per column as valid, to skip checking repea
 
 #: PostgreSQL errors that mean "this data is bad", as opposed to "the database is unwell"
 DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.NotNullViolation)
-
-
-class SourceError(UsageError):
-    """The source folder, its files or the keys given for them cannot be used."""
-
-
-class FileError(LoadError):
-    """One file could not be loaded at all (schema drift, missing key columns)."""
 
 
 def _resolve_source(source_dir: str | Path) -> Path:
@@ -114,7 +107,8 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
     """Load every ``pattern`` file of ``source_dir`` into ``schema`` (see the module docstring).
 
     ``keys``: table -> key column(s). ``spec``: a dict or YAML/JSON file of column types (see
-    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root. ``conn``: a psycopg connection (default: ``stackbook.run.db.connect()``).
+    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root.
+    ``conn``: a psycopg connection (default: ``stackbook.run.db.connect()``).
     ``force``: load files even when unchanged. Raises :class:`TooManyBadRows` or :class:`LoadError`
     (with ``.report``) after every file was handled when a file was rejected or failed; with
     ``check=False`` it returns the report instead and ``report.check()`` raises the same error later
@@ -150,6 +144,7 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
         conn = db.connect()
     report = LoadReport(schema=schema, source_dir=str(source), max_bad_ratio=float(max_bad_ratio))
     try:
+        infer.check_spec(conn, specs)  # a type that is not one PostgreSQL type name fails before anything is made
         with conn.transaction():
             manifest.ensure(conn, schema)
         for table, path in by_table.items():
@@ -174,116 +169,175 @@ def _entry(table: str, path: Path) -> dict[str, Any]:
             "bad_ratio": 0.0, "table_rows": None, "seconds": 0.0, "message": "", "line": None, "sha256": None}
 
 
-def _load_file(conn, path: Path, schema: str, table: str, keys: list[str] | None, enc: csvfile.Encoding,
-               max_bad_ratio: float, table_spec: dict[str, str] | None, sample_rows: int, force: bool) -> dict:
-    t0 = time.perf_counter()
-    started = _dt.datetime.now(_dt.timezone.utc)
-    entry = _entry(table, path)
-    size = path.stat().st_size
+def _utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+@dataclass
+class _FileLoad:
+    """One file being loaded: where it goes, how, and its line of the report (``entry``) as it fills in."""
+
+    conn: Any
+    path: Path
+    schema: str
+    table: str
+    keys: list[str] | None
+    enc: csvfile.Encoding
+    max_bad_ratio: float
+    table_spec: dict[str, str] | None
+    sample_rows: int
+    force: bool
+    entry: dict[str, Any]
+    size: int
+    t0: float = field(default_factory=time.perf_counter)
+    started: _dt.datetime = field(default_factory=_utcnow)
     quarantine: _Spool | None = None
 
-    def finish(status: str, message: str = "", **fields) -> dict:
-        entry.update(fields, status=status, message=message, seconds=round(time.perf_counter() - t0, 3))
-        return entry
+    def finish(self, status: str, message: str = "", **fields) -> dict:
+        self.entry.update(fields, status=status, message=message, seconds=round(time.perf_counter() - self.t0, 3))
+        return self.entry
 
-    def note(status: str, load_conn=conn) -> int:
+    def note(self, status: str) -> int:
+        """Record the load in the manifest; its load id."""
+        e = self.entry
         return manifest.record(
-            load_conn, schema, table_name=table, file_name=path.name, file_path=str(path), file_size=size,
-            file_sha256=entry["sha256"], status=status, method=entry["method"], keys=keys,
-            rows_loaded=entry["rows_loaded"], rows_inserted=entry["rows_inserted"],
-            rows_updated=entry["rows_updated"], rows_quarantined=entry["rows_quarantined"],
-            message=entry["message"] or None, started_at=started, seconds=entry["seconds"])
+            self.conn, self.schema, table_name=self.table, file_name=self.path.name, file_path=str(self.path),
+            file_size=self.size, file_sha256=e["sha256"], status=status, method=e["method"], keys=self.keys,
+            rows_loaded=e["rows_loaded"], rows_inserted=e["rows_inserted"], rows_updated=e["rows_updated"],
+            rows_quarantined=e["rows_quarantined"], message=e["message"] or None, started_at=self.started,
+            seconds=e["seconds"])
 
+
+def _load_file(conn, path: Path, schema: str, table: str, keys: list[str] | None, enc: csvfile.Encoding,
+               max_bad_ratio: float, table_spec: dict[str, str] | None, sample_rows: int, force: bool) -> dict:
+    """Load one file in its own transaction (see the module docstring); its entry of the report."""
+    load = _FileLoad(conn, path, schema, table, keys, enc, max_bad_ratio, table_spec, sample_rows, force,
+                     entry=_entry(table, path), size=path.stat().st_size)
     try:
         header = csvfile.read_header(path, enc)
     except csvfile.HeaderError as exc:
-        finish("failed", str(exc), line=1)
-        with conn.transaction():
-            note("failed")
-        return entry
+        return _record_outcome(load, "failed", str(exc), line=1)
     if header is None:
-        finish("empty", f"{path.name}, line 1: empty file, no header row; nothing loaded", line=1)
-        with conn.transaction():
-            note("empty")
-        return entry
-
+        return _record_outcome(load, "empty", f"{path.name}, line 1: empty file, no header row; nothing loaded",
+                               line=1)
     try:
         with conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stackbook.ingest:{schema}.{table}"])
-            existing = _table_columns(conn, schema, table)
-            prev = manifest.last_loaded(conn, schema, table)
-            if not force and existing and prev and prev["file_size"] == size:
-                entry["sha256"] = csvfile.sha256(path)
-                if entry["sha256"] == prev["file_sha256"]:
-                    finish("skipped", f"unchanged since {prev['finished_at']:%Y-%m-%d %H:%M:%S %Z}",
-                           table_rows=_count(conn, schema, table))
-                    note("skipped")
-                    return entry
-            columns = header.columns
-            if keys:
-                missing = [k for k in keys if k not in columns]
-                if missing:
-                    raise FileError(f"key column(s) {', '.join(missing)} not in the header of {path.name} "
-                                    f"(columns: {', '.join(columns)})")
-            if not csvfile.has_rows_after(path, header.end):
-                if not existing and table_spec:
-                    _create(conn, schema, table, {c: infer.logical_to_pg(table_spec.get(c, "text")) for c in columns},
-                            keys)
-                if entry["sha256"] is None:
-                    entry["sha256"] = csvfile.sha256(path)
-                finish("header_only", f"{path.name}, line {header.lines}: header only, no data rows; "
-                       f"table {'left as it was' if existing else 'not created'}", line=header.lines,
-                       table_rows=_count(conn, schema, table) if existing else None)
-                note("header_only")
-                return entry
-            if existing:
-                extra = [c for c in columns if c not in existing]
-                if extra:
-                    raise FileError(f"{path.name} has column(s) {', '.join(extra)} that table {schema}.{table} "
-                                    f"lacks: add them (alter table) or drop the table to recreate it")
-                types = {c: existing[c] for c in columns}
-                if keys:
-                    _ensure_unique(conn, schema, table, keys)
-            else:
-                types = _types_for(path, enc, header, table_spec, sample_rows, schema, table)
-                _create(conn, schema, table, types, keys)
-
-            copied, bad, quarantine, sha, method = _copy(conn, path, enc, header, schema, table, columns, types, keys)
-            entry.update(method=method, sha256=sha, good_rows=copied, rows_quarantined=bad,
-                         bad_ratio=round(bad / (copied + bad), 6) if copied + bad else 0.0)
-            if copied + bad and bad / (copied + bad) > max_bad_ratio:
-                raise _Rejected()
-            if keys:
-                inserted, updated = _upsert(conn, schema, table, columns, keys)
-                entry.update(rows_loaded=copied, rows_inserted=inserted, rows_updated=updated,
-                             table_rows=_count(conn, schema, table))
-            else:
-                entry.update(rows_loaded=copied, rows_inserted=copied, rows_updated=0, table_rows=copied)
-            msg = (f"{bad} bad rows quarantined ({entry['bad_ratio']:.3%})" if bad else "")
-            finish("loaded", msg)
-            load_id = note("loaded")
-            manifest.forget_quarantine(conn, schema, table, sha)
-            if quarantine:
-                manifest.copy_quarantine(conn, schema, quarantine.rows(table, path.name, sha), load_id)
-        return entry
+            _load_locked(load, header)
+        return load.entry
     except _Rejected:
-        finish("rejected", f"{entry['rows_quarantined']} of {entry['good_rows'] + entry['rows_quarantined']} "
-               f"rows bad ({entry['bad_ratio']:.2%}) > max_bad_ratio {max_bad_ratio:.2%}: nothing loaded, "
-               f"bad rows in {schema}.{manifest.QUARANTINE}")
-        with conn.transaction():
-            load_id = note("rejected")
-            manifest.forget_quarantine(conn, schema, table, entry["sha256"])
-            if quarantine:
-                manifest.copy_quarantine(conn, schema, quarantine.rows(table, path.name, entry["sha256"]), load_id)
-        return entry
+        _record_rejected(load)
+        return load.entry
     except FileError as exc:
-        finish("failed", str(exc))
-        with conn.transaction():
-            note("failed")
-        return entry
+        return _record_outcome(load, "failed", str(exc))
     finally:
-        if quarantine:
-            quarantine.close()
+        if load.quarantine:
+            load.quarantine.close()
+
+
+def _record_outcome(load: _FileLoad, status: str, message: str, **fields) -> dict:
+    """A file that loads nothing (failed, empty): its entry, recorded in the manifest in a transaction of its own."""
+    load.finish(status, message, **fields)
+    with load.conn.transaction():
+        load.note(status)
+    return load.entry
+
+
+def _record_rejected(load: _FileLoad) -> None:
+    """A file over max_bad_ratio (its load rolled back): record it, and quarantine its bad rows all the same."""
+    e = load.entry
+    load.finish("rejected", f"{e['rows_quarantined']} of {e['good_rows'] + e['rows_quarantined']} "
+                f"rows bad ({e['bad_ratio']:.2%}) > max_bad_ratio {load.max_bad_ratio:.2%}: nothing loaded, "
+                f"bad rows in {load.schema}.{manifest.QUARANTINE}")
+    with load.conn.transaction():
+        load_id = load.note("rejected")
+        manifest.forget_quarantine(load.conn, load.schema, load.table, e["sha256"])
+        if load.quarantine:
+            manifest.copy_quarantine(load.conn, load.schema, load.quarantine.rows(load.table, load.path.name,
+                                                                                  e["sha256"]), load_id)
+
+
+def _load_locked(load: _FileLoad, header) -> None:
+    """Inside the file's transaction, under the table's advisory lock: skip, create, copy and merge."""
+    conn, schema, table = load.conn, load.schema, load.table
+    conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stackbook.ingest:{schema}.{table}"])
+    existing = _table_columns(conn, schema, table)
+    if _skip_unchanged(load, existing):
+        return
+    columns = header.columns
+    missing = [k for k in load.keys or () if k not in columns]
+    if missing:
+        raise FileError(f"key column(s) {', '.join(missing)} not in the header of {load.path.name} "
+                        f"(columns: {', '.join(columns)})")
+    if not csvfile.has_rows_after(load.path, header.end):
+        _header_only(load, header, existing)
+        return
+    types = _table_types(load, header, existing)
+    _copy_and_merge(load, header, types)
+
+
+def _skip_unchanged(load: _FileLoad, existing: dict[str, str] | None) -> bool:
+    """True (and the entry ``skipped``) when the file is the one the table's last load loaded."""
+    prev = manifest.last_loaded(load.conn, load.schema, load.table)
+    if load.force or not existing or not prev or prev["file_size"] != load.size:
+        return False
+    load.entry["sha256"] = csvfile.sha256(load.path)
+    if load.entry["sha256"] != prev["file_sha256"]:
+        return False
+    load.finish("skipped", f"unchanged since {prev['finished_at']:%Y-%m-%d %H:%M:%S %Z}",
+                table_rows=_count(load.conn, load.schema, load.table))
+    load.note("skipped")
+    return True
+
+
+def _header_only(load: _FileLoad, header, existing: dict[str, str] | None) -> None:
+    """A header without data rows: the table is created only when a spec gives its types; no row changes."""
+    if not existing and load.table_spec:
+        types = {c: infer.logical_to_pg(load.table_spec.get(c, "text")) for c in header.columns}
+        _create(load.conn, load.schema, load.table, types, load.keys)
+    if load.entry["sha256"] is None:
+        load.entry["sha256"] = csvfile.sha256(load.path)
+    load.finish("header_only", f"{load.path.name}, line {header.lines}: header only, no data rows; "
+                f"table {'left as it was' if existing else 'not created'}", line=header.lines,
+                table_rows=_count(load.conn, load.schema, load.table) if existing else None)
+    load.note("header_only")
+
+
+def _table_types(load: _FileLoad, header, existing: dict[str, str] | None) -> dict[str, str]:
+    """Column types: the existing table's (which must hold every column), else inferred and the table created."""
+    columns = header.columns
+    if existing:
+        extra = [c for c in columns if c not in existing]
+        if extra:
+            raise FileError(f"{load.path.name} has column(s) {', '.join(extra)} that table {load.schema}.{load.table} "
+                            f"lacks: add them (alter table) or drop the table to recreate it")
+        if load.keys:
+            _ensure_unique(load.conn, load.schema, load.table, load.keys)
+        return {c: existing[c] for c in columns}
+    types = _types_for(load.path, load.enc, header, load.table_spec, load.sample_rows, load.schema, load.table)
+    _create(load.conn, load.schema, load.table, types, load.keys)
+    return types
+
+
+def _copy_and_merge(load: _FileLoad, header, types: dict[str, str]) -> None:
+    """COPY the rows (fast path, else checked), reject the file over max_bad_ratio, upsert with keys, record."""
+    conn, schema, table, keys, columns = load.conn, load.schema, load.table, load.keys, header.columns
+    copied, bad, load.quarantine, sha, method = _copy(conn, load.path, load.enc, header, schema, table, columns,
+                                                      types, keys)
+    load.entry.update(method=method, sha256=sha, good_rows=copied, rows_quarantined=bad,
+                      bad_ratio=round(bad / (copied + bad), 6) if copied + bad else 0.0)
+    if copied + bad and bad / (copied + bad) > load.max_bad_ratio:
+        raise _Rejected()
+    if keys:
+        inserted, updated = _upsert(conn, schema, table, columns, keys)
+        load.entry.update(rows_loaded=copied, rows_inserted=inserted, rows_updated=updated,
+                          table_rows=_count(conn, schema, table))
+    else:
+        load.entry.update(rows_loaded=copied, rows_inserted=copied, rows_updated=0, table_rows=copied)
+    load.finish("loaded", f"{bad} bad rows quarantined ({load.entry['bad_ratio']:.3%})" if bad else "")
+    load_id = load.note("loaded")
+    manifest.forget_quarantine(conn, schema, table, sha)
+    if load.quarantine:
+        manifest.copy_quarantine(conn, schema, load.quarantine.rows(table, load.path.name, sha), load_id)
 
 
 class _Rejected(Exception):
@@ -321,7 +375,8 @@ def _types_for(path: Path, enc, header, table_spec, sample_rows: int, schema: st
 
 
 def _create(conn, schema: str, table: str, types: dict[str, str], keys: list[str] | None) -> None:
-    cols = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in types.items()]
+    cols = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(infer.resolve_pg_type(conn, t, f"column {table}.{c}")))
+            for c, t in types.items()]  # PostgreSQL's spelling of one resolved type: never the spec's text
     if keys:
         cols.append(sql.SQL("primary key ({})").format(sql.SQL(", ").join(map(sql.Identifier, keys))))
     try:

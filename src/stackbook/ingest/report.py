@@ -1,29 +1,17 @@
-"""What a load did: per-table figures and totals, and the errors a load raises."""
+"""What a load did: per-table figures and totals (the errors a load raises are in ``core.errors``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackbook.core.errors import StackbookError
+from stackbook.core.errors import LoadError, TooManyBadRows  # noqa: F401 (re-exported)
 
 QUARANTINE = "_stackbook_quarantine"  # same as stackbook.ingest.manifest.QUARANTINE
 
 #: the columns of a per-table entry, in display order
 COLUMNS = ("table", "file", "status", "method", "rows_loaded", "rows_inserted", "rows_updated",
            "rows_quarantined", "bad_ratio", "table_rows", "seconds", "message")
-
-
-class LoadError(StackbookError):
-    """A load that did not fully succeed; ``.report`` holds what happened to every file."""
-
-    def __init__(self, message: str, report: "LoadReport | None" = None, **kw):
-        super().__init__(message, **kw)
-        self.report = report
-
-
-class TooManyBadRows(LoadError):
-    """A file's share of bad rows is over ``max_bad_ratio``: nothing of that file was loaded."""
 
 
 @dataclass

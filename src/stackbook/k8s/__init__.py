@@ -8,22 +8,12 @@ rules of the compliance audit live in ``stackbook.audit.kubernetes``.
 
 from __future__ import annotations
 
-from stackbook.core.errors import StackbookError, UsageError
+from stackbook.core.errors import KubernetesError, ManifestError  # noqa: F401 (re-exported)
 
 # The Kubernetes version manifests are validated against (kubernetes-validate
 # 1.37 ships schemas for 1.25 to 1.37; the kubernetes client 37 speaks 1.37).
 # An environment file may override it with ``kube_version: "1.33"``.
 KUBERNETES_VERSION = "1.37"
-
-
-class ManifestError(UsageError):
-    """A manifest or kustomization that cannot be read, rendered or validated (exit 2)."""
-
-
-class ClusterError(StackbookError):
-    """A named kubeconfig context that is missing or cannot be reached, or an apply the API server refused."""
-
-    exit_code = 1
 
 
 def resource_id(manifest: dict) -> str:

@@ -13,7 +13,7 @@
 * a named context and ``dry_run`` False: server-side apply of every manifest in
   apply order with field manager ``stackbook``. A context missing from the
   kubeconfig, an unreachable API server, or a referenced Secret missing from the
-  namespace fails with ``ClusterError`` before anything is applied.
+  namespace fails with ``KubernetesError`` before anything is applied.
 
 The kubeconfig is ``$KUBECONFIG`` (paths joined with ``:``) or ``~/.kube/config``.
 """
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackbook.k8s import ClusterError, resource_id
+from stackbook.k8s import KubernetesError, resource_id
 from stackbook.k8s.render import apply_order, referenced_secrets
 
 FIELD_MANAGER = "stackbook"
@@ -110,7 +110,8 @@ def contexts(files: list[Path]) -> list[str]:
 
 
 def connect(context: str, files: list[Path], env_name: str, timeout: float = CONNECT_TIMEOUT_S):
-    """``(ApiClient, server version)`` for ``context`` once its API server has answered; ``ClusterError`` otherwise."""
+    """``(ApiClient, server version)`` for ``context`` once its API server answered; else ``KubernetesError``."""
+    import urllib3
     from kubernetes import client, config
 
     cfg = client.Configuration()
@@ -118,17 +119,17 @@ def connect(context: str, files: list[Path], env_name: str, timeout: float = CON
         config.load_kube_config(config_file=os.pathsep.join(map(str, files)), context=context,
                                 client_configuration=cfg, persist_config=False)
     except (config.ConfigException, ValueError, OSError) as exc:
-        raise ClusterError(f"kubeconfig context {context!r} cannot be loaded: {exc}; "
+        raise KubernetesError(f"kubeconfig context {context!r} cannot be loaded: {exc}; "
                            + HOW_TO_CONFIGURE.format(context=context, env=env_name), env=env_name) from None
     cfg.retries = 0
     api = client.ApiClient(cfg)
     try:
         version = client.VersionApi(api).get_code(_request_timeout=timeout)
     except client.ApiException as exc:
-        raise ClusterError(f"kubeconfig context {context!r}: the API server at {cfg.host} refused us "
+        raise KubernetesError(f"kubeconfig context {context!r}: the API server at {cfg.host} refused us "
                            f"({exc.status} {exc.reason}); check the credentials of the context", env=env_name) from None
-    except Exception as exc:  # urllib3 errors: refused, timed out, TLS
-        raise ClusterError(f"kubeconfig context {context!r} cannot be reached: the API server at {cfg.host} "
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, TLS
+        raise KubernetesError(f"kubeconfig context {context!r} cannot be reached: the API server at {cfg.host} "
                            f"did not answer ({_reason(exc)}; timeout {timeout:g}s); check that the cluster is up "
                            "and the context's server address", env=env_name) from None
     return api, getattr(version, "git_version", "?")
@@ -199,7 +200,8 @@ def _live(dyn, m: dict):
     try:
         resource = dyn.resources.get(api_version=m["apiVersion"], kind=m["kind"])
     except ResourceNotFoundError:
-        raise ClusterError(f"{resource_id(m)}: the cluster does not serve {m['kind']} in {m['apiVersion']}") from None
+        raise KubernetesError(f"{resource_id(m)}: the cluster does not serve {m['kind']} "
+                              f"in {m['apiVersion']}") from None
     try:
         live = dyn.get(resource, name=m["metadata"]["name"], namespace=_namespaced(m) if resource.namespaced else None)
         return resource, live.to_dict()
@@ -249,7 +251,7 @@ def _server_side_apply(dyn, manifests: list[dict]) -> list[PlanItem]:
                                           field_manager=FIELD_MANAGER).to_dict()
         except ApiException as exc:
             done = ", ".join(f"{i.resource} ({i.action})" for i in items) or "nothing"
-            raise ClusterError(f"server-side apply of {rid} was refused ({exc.status} {exc.reason}: "
+            raise KubernetesError(f"server-side apply of {rid} was refused ({exc.status} {exc.reason}: "
                                f"{_short(Exception(exc.body or ''))}); applied before it: {done}") from None
         if before is None:
             action = "created"
@@ -269,57 +271,68 @@ def run(manifests: list[dict], env, dry_run: bool = True, kubeconfig: str | os.P
     secrets = [_fmt_secret(p) for p in _required_secrets(manifests)]
     result = ApplyResult(env=env.name, context=context, mode="plan", reason="", cluster="none",
                          secrets_required=secrets)
-
     if not context:
-        result.reason = (f"not applied: infra/environments/{env.name}.yml names no kube_context, so provisioning "
-                         "is a plan only; everything is shown as create")
-        result.items = _offline_items(manifests)
-        return result
-
+        return _offline(result, manifests, f"not applied: infra/environments/{env.name}.yml names no kube_context, "
+                                           "so provisioning is a plan only; everything is shown as create")
     files = kubeconfig_files(kubeconfig)
-    known = contexts(files)
-    if context not in known:
-        where = (f"not among the contexts of {os.pathsep.join(map(str, files))} ({', '.join(known) or 'none'})"
-                 if files else "there is no kubeconfig here ($KUBECONFIG unset or missing, no ~/.kube/config)")
+    where = _context_missing(context, files)
+    if where:
         if not dry_run:
-            raise ClusterError(f"kubeconfig context {context!r} (kube_context of environment {env.name}) is not "
-                               f"configured here: {where}; "
-                               + HOW_TO_CONFIGURE.format(context=context, env=env.name), env=env.name)
+            raise KubernetesError(f"kubeconfig context {context!r} (kube_context of environment {env.name}) is not "
+                                  f"configured here: {where}; "
+                                  + HOW_TO_CONFIGURE.format(context=context, env=env.name), env=env.name)
         result.cluster = "not configured"
-        result.reason = (f"dry run: context {context!r} is not configured here ({where}); the cluster was not "
-                         "consulted, so everything is shown as create")
-        result.items = _offline_items(manifests)
-        return result
-
+        return _offline(result, manifests, f"dry run: context {context!r} is not configured here ({where}); the "
+                                           "cluster was not consulted, so everything is shown as create")
     try:
         api, server_version = connect(context, files, env.name, timeout)
-    except ClusterError as exc:
+    except KubernetesError as exc:
         if not dry_run:
             raise
         result.cluster = "unreachable"
-        result.reason = f"dry run: {exc}; everything is shown as create"
-        result.items = _offline_items(manifests)
-        return result
-
+        return _offline(result, manifests, f"dry run: {exc}; everything is shown as create")
     from kubernetes.dynamic import DynamicClient
 
     with api:
-        dyn = DynamicClient(api)
         result.cluster = "reachable"
-        planned = {resource_id(m) for m in manifests}
-        if dry_run:
-            result.items = _compare(dyn, manifests)
-            result.secrets_missing = _missing_secrets(dyn, manifests, planned)
-            result.reason = (f"dry run: compared with the live objects of context {context!r} "
-                             f"(Kubernetes {server_version}); nothing was changed")
-            return result
-        missing = _missing_secrets(dyn, manifests, planned)
-        if missing:
-            raise ClusterError(f"not applied: the Secrets {', '.join(missing)} do not exist in context {context!r}; "
-                               "create them first (kubectl create secret generic NAME --from-literal=KEY=... -n "
-                               "NAMESPACE), never in the repository", env=env.name)
-        result.items = _server_side_apply(dyn, manifests)
-        result.mode = "apply"
-        result.reason = (f"server-side applied to context {context!r} (Kubernetes {server_version}) "
-                         f"with field manager {FIELD_MANAGER!r}")
+        return _on_cluster(result, DynamicClient(api), manifests, server_version, dry_run=dry_run)
+
+
+def _offline(result: ApplyResult, manifests: list[dict], reason: str) -> ApplyResult:
+    """A plan made without the cluster: everything is ``create``, and ``reason`` says why."""
+    result.reason = reason
+    result.items = _offline_items(manifests)
+    return result
+
+
+def _context_missing(context: str, files: list[Path]) -> str | None:
+    """Why ``context`` is not among the kubeconfig's contexts, or None when it is."""
+    known = contexts(files)
+    if context in known:
+        return None
+    if not files:
+        return "there is no kubeconfig here ($KUBECONFIG unset or missing, no ~/.kube/config)"
+    return f"not among the contexts of {os.pathsep.join(map(str, files))} ({', '.join(known) or 'none'})"
+
+
+def _on_cluster(result: ApplyResult, dyn, manifests: list[dict], server_version: str, *,
+                dry_run: bool) -> ApplyResult:
+    """Compare with the live objects (dry run), or check the Secrets exist and server-side apply."""
+    context = result.context
+    planned = {resource_id(m) for m in manifests}
+    if dry_run:
+        result.items = _compare(dyn, manifests)
+        result.secrets_missing = _missing_secrets(dyn, manifests, planned)
+        result.reason = (f"dry run: compared with the live objects of context {context!r} "
+                         f"(Kubernetes {server_version}); nothing was changed")
         return result
+    missing = _missing_secrets(dyn, manifests, planned)
+    if missing:
+        raise KubernetesError(f"not applied: the Secrets {', '.join(missing)} do not exist in context {context!r}; "
+                              "create them first (kubectl create secret generic NAME --from-literal=KEY=... -n "
+                              "NAMESPACE), never in the repository", env=result.env)
+    result.items = _server_side_apply(dyn, manifests)
+    result.mode = "apply"
+    result.reason = (f"server-side applied to context {context!r} (Kubernetes {server_version}) "
+                     f"with field manager {FIELD_MANAGER!r}")
+    return result

@@ -30,13 +30,16 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
-from stackbook.core import catalog, environments, params as params_mod, project
-from stackbook.run import ledger, runstore
+from stackbook.core import catalog, environments, project
+from stackbook.core import params as params_mod
 from stackbook.core.errors import StackbookError, UsageError
+from stackbook.run import ledger, runstore
 from stackbook.run.engine import RunOptions, check_approval
+from stackbook.run.record import RunRecord
 
 JOB_LABEL = "stackbook.dev/run"
 RUN_STORE_SECRET = "stackbook-run-store"
@@ -120,7 +123,7 @@ def job_manifest(name: str, options: RunOptions, token: str | None = None, run_s
 
 def _cluster(env: environments.Environment):
     """(ApiClient, context) of the environment's cluster, or UsageError saying how to configure one."""
-    from stackbook.k8s import ClusterError, apply
+    from stackbook.k8s import KubernetesError, apply
 
     path = env.path or f"infra/environments/{env.name}.yml"
     context = env.get("kube_context")
@@ -137,7 +140,7 @@ def _cluster(env: environments.Environment):
                          f"({', '.join(map(str, files))}): " + HOW_TO_CONFIGURE.format(path=path), env=env.name)
     try:
         api, _version = apply.connect(context, files, env.name)
-    except ClusterError as exc:
+    except KubernetesError as exc:
         raise UsageError(str(exc), env=env.name) from None
     return api, context
 
@@ -152,8 +155,9 @@ def _run_store(env: environments.Environment) -> str:
 
 
 def run(name: str, options: RunOptions | None = None, on_start: Callable[[str], None] | None = None,
-        log: Callable[[str], None] | None = None) -> dict:
-    """Run runbook NAME as a Kubernetes Job; returns the finished ledger record."""
+        log: Callable[[str], None] | None = None) -> RunRecord:
+    """Run runbook NAME as a Kubernetes Job; returns the finished ledger record (written by the pod's
+    ``stackbook run``, which goes through ``ledger.open_run`` as a local run does)."""
     options = options or RunOptions()
     env = environments.load(options.env)
     job = job_manifest(name, options)  # parameters first: exit 2 before any cluster is contacted
@@ -163,7 +167,7 @@ def run(name: str, options: RunOptions | None = None, on_start: Callable[[str], 
     from stackbook.k8s.validate import check
 
     check([job])
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    log = log or _to_stderr
     from kubernetes import client
 
     batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
@@ -171,27 +175,39 @@ def run(name: str, options: RunOptions | None = None, on_start: Callable[[str], 
     token = job["metadata"]["labels"][JOB_LABEL]
     batch.create_namespaced_job(namespace, job)
     log(f"stackbook: job {namespace}/{job['metadata']['name']} created")
-    pod_name, lines = _wait_for_pod(core, namespace, token, log), []
-    if pod_name:
-        stream = core.read_namespaced_pod_log(pod_name, namespace, follow=True, _preload_content=False)
-        for raw in stream.stream():
-            for line in raw.decode(errors="replace").splitlines():
-                lines.append(line)
-                if line.startswith("stackbook: run ") and on_start:
-                    on_start(line.split()[2])
-                log(line)
+    pod_name = _wait_for_pod(core, namespace, token, log)
+    lines = _follow_log(core, namespace, pod_name, log, on_start) if pod_name else []
     status = _wait_for_job(batch, namespace, job["metadata"]["name"])
-    record = _record_from_logs(lines)
-    from stackbook.run import db
+    return _read_back(_record_from_logs(lines), catalog.load(name).name, env.name,
+                      f"Kubernetes job {namespace}/{job['metadata']['name']} {status} without a run record "
+                      "(see its pod events)")
 
-    with db.connect() as conn:
-        ledger.ensure_schema(conn)
-        if record and record.get("id"):
-            return ledger.get_run(conn, record["id"]) or record
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _follow_log(core, namespace: str, pod_name: str, log, on_start) -> list[str]:
+    """The pod's log lines, each passed to LOG as it arrives; ON_START gets the run id the pod announces."""
+    lines = []
+    stream = core.read_namespaced_pod_log(pod_name, namespace, follow=True, _preload_content=False)
+    for raw in stream.stream():
+        for line in raw.decode(errors="replace").splitlines():
+            lines.append(line)
+            if line.startswith("stackbook: run ") and on_start:
+                on_start(line.split()[2])
+            log(line)
+    return lines
+
+
+def _read_back(printed: dict | None, runbook: str, env: str, reason: str) -> RunRecord:
+    """The ledger row of the record the pod printed; none printed: a ``failed`` row saying why, so that
+    no Job goes unrecorded."""
+    with ledger.session(reap_stale=False) as conn:
+        if printed and printed.get("id"):
+            return ledger.get_run(conn, printed["id"]) or RunRecord.from_row(printed)
         run_id = ledger.new_run_id()
-        ledger.insert_final(conn, run_id=run_id, runbook=catalog.load(name).name, env=env.name, status="failed",
-                            reason=f"Kubernetes job {namespace}/{job['metadata']['name']} {status} without a run "
-                                   "record (see its pod events)", params={})
+        ledger.insert_final(conn, run_id=run_id, runbook=runbook, env=env, status="failed", reason=reason, params={})
         return ledger.get_run(conn, run_id)
 
 

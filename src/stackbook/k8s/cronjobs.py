@@ -1,13 +1,12 @@
-"""Kubernetes CronJobs for scheduled runbooks and pipelines (``stackbook schedule kubernetes``).
+"""Kubernetes CronJobs of the platform's own manifests, shaped for a runbook, a pipeline or ``stackbook check``.
 
-The CronJobs come from the platform's own manifests (``infra/k8s``, rendered by
-:mod:`stackbook.k8s.render` for one environment), so every overlay patch
-(namespace, image tag, resources) applies: a runbook's CronJob is the one its
-``RunbookCronJobs`` generator makes; a pipeline's is made by the same generator
-and then pointed at ``stackbook pipeline run NAME`` (name ``pipeline-<name>``,
-label ``stackbook.dev/pipeline``). Every manifest is validated against the
-Kubernetes schemas and checked by the audit's Kubernetes rules before it is
-written: a failure is an error naming the resource and the rule.
+The CronJobs come from ``infra/k8s`` rendered by :mod:`stackbook.k8s.render` for one
+environment, so every overlay patch (namespace, image tag, resources) applies: a
+runbook's CronJob is the one its ``RunbookCronJobs`` generator makes; a pipeline's is
+made by the same generator and then pointed at another command (name ``pipeline-<name>``,
+label ``stackbook.dev/pipeline``); ``stackbook check -e ENV`` gets one too
+(``stackbook-check``, the same pod). What is scheduled is decided by
+:mod:`stackbook.schedules.kubernetes`, which also validates and audits the result.
 
 Pods have a read-only root filesystem and an emptyDir at /tmp, so a pipeline's
 incremental state (.stackbook/pipelines/) does not survive between runs there:
@@ -21,9 +20,10 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from stackbook.schedules import DEFAULT_SCHEDULE_ENV, ScheduleError, Scheduled, scheduled
+from stackbook.core.errors import ManifestError
 
 PIPELINE_LABEL = "stackbook.dev/pipeline"
+CHECK_LABEL = "stackbook.dev/check"
 NAME_MAX = 52  # Kubernetes appends 11 characters to a CronJob's name for its Jobs
 
 
@@ -32,55 +32,49 @@ def _name(prefix: str, name: str) -> str:
     return f"{prefix}-{slug}"[:NAME_MAX].rstrip("-")
 
 
-def _pipeline_cronjob(item: Scheduled, env: str) -> dict:
+def pipeline_cronjob(env: str, name: str, schedule: str, timeout: float | None, secrets: list[str],
+                     args: list[str]) -> dict:
+    """The runner CronJob of ENV's overlay, renamed for pipeline NAME and running ``stackbook ARGS``."""
     from stackbook.k8s import render
     from stackbook.k8s.render import RUNBOOK_LABEL, pod_spec
 
-    pseudo = SimpleNamespace(name=item.name, metadata={"schedule": item.schedule, "timeout": item.timeout,
-                                                         "secrets": list(item.secrets)})
+    pseudo = SimpleNamespace(name=name, metadata={"schedule": schedule, "timeout": timeout, "secrets": secrets})
     rendered = [m for m in render.render(env, runbooks=[pseudo]) if m.get("kind") == "CronJob"]
     if not rendered:
-        raise ScheduleError(f"the Kubernetes overlay of {env!r} makes no runner CronJob (no RunbookCronJobs "
+        raise ManifestError(f"the Kubernetes overlay of {env!r} makes no runner CronJob (no RunbookCronJobs "
                             "generator in infra/k8s): cannot schedule pipelines there")
     cj = copy.deepcopy(rendered[0])
     meta = cj["metadata"]
-    meta["name"] = _name("pipeline", item.name)
+    meta["name"] = _name("pipeline", name)
     for labels in (meta.get("labels") or {}, cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]):
         labels.pop(RUNBOOK_LABEL, None)
-        labels[PIPELINE_LABEL] = item.name
-    container = pod_spec(cj)["containers"][0]
-    container["args"] = [a if a != env else "$(STACKBOOK_ENV)" for a in item.command(env)]
+        labels[PIPELINE_LABEL] = name
+    pod_spec(cj)["containers"][0]["args"] = [a if a != env else "$(STACKBOOK_ENV)" for a in args]
     return cj
 
 
-def manifests(env: str = DEFAULT_SCHEDULE_ENV, items: list[Scheduled] | None = None) -> list[dict]:
-    """CronJobs of every scheduled runbook and pipeline in environment ENV, validated and audited."""
+def check_cronjob(env: str, schedule: str, timeout: float | None) -> dict:
+    """``stackbook check -e ENV`` on SCHEDULE (name ``stackbook-check``): the pipelines' pod, another command."""
+    from stackbook.k8s.render import pod_spec
+
+    cj = pipeline_cronjob(env, "check", schedule, timeout, [], ["check", "-e", env])
+    cj["metadata"]["name"] = "stackbook-check"
+    template_labels = cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    for labels in (cj["metadata"].get("labels") or {}, template_labels):
+        labels.pop(PIPELINE_LABEL, None)
+        labels[CHECK_LABEL] = "true"
+    pod_spec(cj)["containers"][0]["args"] = ["check", "-e", "$(STACKBOOK_ENV)"]
+    return cj
+
+
+def runbook_cronjobs(env: str, runbooks: list) -> list[dict]:
+    """The CronJobs ENV's overlay makes for RUNBOOKS (catalogue entries), and only those."""
     from stackbook.k8s import render
     from stackbook.k8s.render import RUNBOOK_LABEL
 
-    items = scheduled() if items is None else items
-    runbooks = {i.name for i in items if i.kind == "runbook"}
-    out = []
-    if runbooks:
-        rbs = [i.source for i in items if i.kind == "runbook"]
-        out += [m for m in render.render(env, runbooks=rbs)
-                if m.get("kind") == "CronJob" and (m["metadata"].get("labels") or {}).get(RUNBOOK_LABEL) in runbooks]
-    out += [_pipeline_cronjob(i, env) for i in items if i.kind == "pipeline"]
-    check(out)
-    return out
-
-
-def check(cronjobs: list[dict]) -> None:
-    """Schema validation and the audit's Kubernetes rules; raises ScheduleError listing every problem."""
-    from stackbook.audit.kubernetes import check_all
-    from stackbook.k8s.validate import validate_manifests
-
-    problems = [str(p) for p in validate_manifests(cronjobs)]
-    problems += [f"{f.resource}: {f.id} {f.title}: {f.evidence}" for f in check_all(cronjobs)
-                 if f.status != "pass"]
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ScheduleError(f"{len(problems)} problem(s) in the generated CronJobs:\n{lines}")
+    names = {rb.name for rb in runbooks}
+    return [m for m in render.render(env, runbooks=runbooks)
+            if m.get("kind") == "CronJob" and (m["metadata"].get("labels") or {}).get(RUNBOOK_LABEL) in names]
 
 
 def write(out: Path | str, cronjobs: list[dict]) -> list[Path]:

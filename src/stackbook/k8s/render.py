@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from stackbook.core import project
-from stackbook.k8s import ManifestError, resource_id
+from stackbook.core.errors import ManifestError
+from stackbook.core.files import load_yaml, read_text
+from stackbook.k8s import resource_id
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "generators", "patches", "patchesStrategicMerge",
@@ -71,12 +73,11 @@ def load_yaml_documents(path: Path) -> list[dict]:
     """Every non-empty document of a YAML file (a ``kind: List`` is flattened)."""
     import yaml
 
+    text = read_text(path, what="manifest file", error=ManifestError)
     try:
-        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such file") from None
+        docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{path} is not valid YAML: {exc}") from None
+        raise ManifestError(f"manifest file {path} is not valid YAML: {exc}") from None
     out: list[dict] = []
     for n, doc in enumerate(docs):
         if doc is None:
@@ -289,7 +290,10 @@ def _apply_patches(manifests: list[dict], patches: list, folder: Path, where: Pa
         else:
             import yaml
 
-            docs = [d for d in yaml.safe_load_all(entry["patch"]) if d]
+            try:
+                docs = [d for d in yaml.safe_load_all(entry["patch"]) if d]
+            except yaml.YAMLError as exc:
+                raise ManifestError(f"{where}: an inline patch is not valid YAML: {exc}") from None
             label = f"{where} (inline patch)"
         target = entry.get("target")
         for doc in docs:
@@ -383,12 +387,7 @@ def build(folder: Path | str, runbooks: list | None = None, _seen: tuple = ()) -
     if folder in _seen:
         raise ManifestError(f"{folder}: kustomization cycle ({' -> '.join(map(str, (*_seen, folder)))})")
     kfile = _kustomization_file(folder)
-    import yaml
-
-    try:
-        k = yaml.safe_load(kfile.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{kfile} is not valid YAML: {exc}") from None
+    k = load_yaml(kfile, what="kustomization", error=ManifestError, default={})
     if not isinstance(k, dict):
         raise ManifestError(f"{kfile} must hold a mapping")
     unknown = sorted(set(k) - KUSTOMIZATION_KEYS)

@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any
 
+from stackbook.core import environments
+
 
 def database() -> dict[str, Any]:
     """Connect, time a round trip, and report what answered."""
@@ -38,7 +40,7 @@ def kernel() -> dict[str, Any]:
         "stackbook": stackbook.__version__,
         "stackbook_path": os.path.dirname(stackbook.__file__),
         "run_id": os.environ.get("STACKBOOK_RUN_ID"),
-        "env": os.environ.get("STACKBOOK_ENV", "dev"),
+        "env": environments.current_name(),
     }
 
 

@@ -11,7 +11,7 @@ This package is the ONLY place that imports ploomber (archived upstream, and
 its import costs seconds): :mod:`.spec` reads specs with YAML alone (for
 ``list``, ``show`` and the schedule generators); :mod:`.dag` hands the spec to
 ploomber's ``DAGSpec`` (placeholder expansion, key validation), builds a
-ploomber ``DAG`` of :class:`~stackbook.pipelines.dag.RunbookTask` and lets
+ploomber ``DAG`` of :class:`~stackbook.pipelines.runbook_task.RunbookTask` and lets
 ploomber's product metadata decide which tasks are up to date; :mod:`.execute`
 runs the outdated tasks with a small topological thread executor that calls
 :func:`stackbook.run.engine.execute` for every attempt. Ploomber's own executors

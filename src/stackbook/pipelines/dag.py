@@ -27,7 +27,9 @@ from typing import Any
 
 from stackbook.core import privacy, project
 from stackbook.run import engine as runner
+from stackbook.core.environments import DEFAULT_ENV
 from stackbook.core.errors import StackbookError, UsageError
+from stackbook.core.files import atomic_write_text
 from stackbook.pipelines.spec import PipelineSpec, PipelineSpecError
 
 def import_ploomber():
@@ -126,8 +128,8 @@ class Plan:
 
         task = self.tasks[name]
         nb_path = task.products["nb"]
-        nb_path.parent.mkdir(parents=True, exist_ok=True)
-        nb_path.write_text(json.dumps(runstore.read_notebook(executed_notebook), indent=1) + "\n", encoding="utf-8")
+        # an executed notebook: owner-only (0600, folders 0700), as in the run store
+        atomic_write_text(nb_path, json.dumps(runstore.read_notebook(executed_notebook), indent=1) + "\n")
         missing = [str(p) for p in task.products.values() if not p.exists()]
         if missing:
             return missing
@@ -190,81 +192,11 @@ def _product_paths(spec: PipelineSpec, task: str, product: Any, base: Path) -> d
     return out
 
 
-class _Ploomber:
-    """Classes deriving from ploomber's, created once ploomber is imported."""
+def _task_class() -> type:
+    """``RunbookTask``, from the module that derives it from ploomber's ``Task`` (importing ploomber)."""
+    from stackbook.pipelines.runbook_task import RunbookTask
 
-    _made: dict[str, type] = {}
-
-    @classmethod
-    def classes(cls):
-        if cls._made:
-            return cls._made["source"], cls._made["task"]
-        import_ploomber()
-        from ploomber.sources.abc import Source
-        from ploomber.tasks.abc import Task
-
-        class RunbookSource(Source):
-            """A runbook's code cells as a ploomber source (compared verbatim: extension None)."""
-
-            def __init__(self, primitive, hot_reload=False):
-                self._path = Path(primitive)
-                self._text = runbook_source_text(self._path)
-
-            @property
-            def primitive(self):
-                return str(self._path)
-
-            @property
-            def variables(self):
-                return set()
-
-            def render(self, params):
-                return self
-
-            @property
-            def loc(self):
-                return str(self._path)
-
-            def __str__(self):
-                return self._text
-
-            def __repr__(self):
-                return f"RunbookSource({str(self._path)!r})"
-
-            @property
-            def doc(self):
-                return None
-
-            @property
-            def extension(self):
-                return None
-
-            def _post_render_validation(self, rendered_value, params):
-                pass
-
-            def _post_init_validation(self, value):
-                pass
-
-            @property
-            def name(self):
-                return self._path.stem
-
-        class RunbookTask(Task):
-            """A runbook in a ploomber DAG. ploomber plans it; stackbook.run.engine executes it."""
-
-            def __init__(self, source, product, dag, name=None, params=None):
-                self._source = type(self)._init_source(source, {})
-                super().__init__(product, dag, name, params)
-
-            @staticmethod
-            def _init_source(source, kwargs):
-                return RunbookSource(source)
-
-            def run(self):  # pragma: no cover - never called: see stackbook.pipelines.execute
-                raise RuntimeError("RunbookTask runs through stackbook.pipelines.execute, not ploomber's executors")
-
-        cls._made.update(source=RunbookSource, task=RunbookTask)
-        return RunbookSource, RunbookTask
+    return RunbookTask
 
 
 def _why(pt, force: bool, will_run_upstream: list[str]) -> str:
@@ -289,45 +221,61 @@ def _why(pt, force: bool, will_run_upstream: list[str]) -> str:
     return "an upstream product is newer"
 
 
-def plan(spec: PipelineSpec, *, env: str = "dev", profile: str | None = None, force: bool = False,
+def plan(spec: PipelineSpec, *, env: str = DEFAULT_ENV, profile: str | None = None, force: bool = False,
          pipeline_run_id: str | None = None, cli_params: list[str] | None = None) -> Plan:
     """Check every task (parameters, secrets, approval: nothing runs on a bad one) and decide what runs."""
+    sources = _task_sources(spec)
+    expanded = {d["name"]: d for d in _expand(spec, spec.env_values(profile), sources)}
+    ploomber = import_ploomber()
+    base = products_dir(spec, env)
+    result = Plan(spec=spec, env=env, profile=profile, order=spec.order())
+    dag = ploomber.DAG(name=spec.name)
+    for name in result.order:
+        params = expanded[name].get("params") or {}
+        options = runner.RunOptions(env=env, extra_params=dict(params), cli_params=list(cli_params or []),
+                                    pipeline_run_id=pipeline_run_id, progress="off")
+        result.tasks[name] = _plan_task(spec, name, sources[name], options, expanded[name].get("product"), base, dag)
+    _render(dag, force)
+    for name in result.order:  # upstream first: a task re-runs when one of its upstream tasks does
+        _decide(result, result.tasks[name], force)
+    result.dag = dag
+    return result
+
+
+def _task_sources(spec: PipelineSpec) -> dict[str, Path]:
+    """Each task's notebook; a task whose runbook cannot be found is a spec error naming it."""
     sources = {}
     for t in spec.tasks:
         try:
             sources[t.name] = spec.resolve_source(t.source)
         except StackbookError as exc:
             raise PipelineSpecError(f"pipeline {spec.name!r}, task {t.name!r}: {exc}") from None
-    env_values = spec.env_values(profile)
-    expanded = {d["name"]: d for d in _expand(spec, env_values, sources)}
-    ploomber = import_ploomber()
-    _, RunbookTask = _Ploomber.classes()
+    return sources
+
+
+def _plan_task(spec: PipelineSpec, name: str, source: Path, options: runner.RunOptions, product: Any, base: Path,
+               dag) -> PlannedTask:
+    """Prepare one task's run (checked as ``stackbook run`` checks it) and add it to the ploomber DAG."""
     from ploomber.products import File
 
-    base = products_dir(spec, env)
-    result = Plan(spec=spec, env=env, profile=profile, order=spec.order())
-    dag = ploomber.DAG(name=spec.name)
-    for name in result.order:
-        outline = spec.task(name)
-        d = expanded[name]
-        params = d.get("params") or {}
-        options = runner.RunOptions(env=env, extra_params=dict(params), cli_params=list(cli_params or []),
-                                    pipeline_run_id=pipeline_run_id, progress="off")
-        try:
-            prepared = runner.prepare(str(sources[name]), options)
-        except StackbookError as exc:
-            kind = type(exc) if isinstance(exc, UsageError) else UsageError
-            raise kind(f"pipeline {spec.name!r}, task {name!r}: {exc} (nothing was executed)",
-                       runbook=prepared_name(sources[name]), env=env) from None
-        products = _product_paths(spec, name, d.get("product"), base)
-        plain = json.loads(json.dumps(prepared.params, default=str))
-        product = {k: File(v) for k, v in products.items()}
-        pt = RunbookTask(str(sources[name]), product, dag, name=name, params=plain)
-        for up in outline.upstream:
-            dag[up] >> pt
-        result.tasks[name] = PlannedTask(name=name, runbook=prepared.runbook.name, path=sources[name],
-                                         upstream=list(outline.upstream), prepared=prepared, products=products,
-                                         ploomber_task=pt)
+    try:
+        prepared = runner.prepare(str(source), options)
+    except StackbookError as exc:
+        kind = type(exc) if isinstance(exc, UsageError) else UsageError
+        raise kind(f"pipeline {spec.name!r}, task {name!r}: {exc} (nothing was executed)",
+                   runbook=prepared_name(source), env=options.env) from None
+    products = _product_paths(spec, name, product, base)
+    plain = json.loads(json.dumps(prepared.params, default=str))
+    pt = _task_class()(str(source), {k: File(v) for k, v in products.items()}, dag, name=name, params=plain)
+    upstream = list(spec.task(name).upstream)
+    for up in upstream:
+        dag[up] >> pt
+    return PlannedTask(name=name, runbook=prepared.runbook.name, path=source, upstream=upstream, prepared=prepared,
+                       products=products, ploomber_task=pt)
+
+
+def _render(dag, force: bool) -> None:
+    """ploomber's verdict per task (``Skipped`` when up to date)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -335,26 +283,26 @@ def plan(spec: PipelineSpec, *, env: str = "dev", profile: str | None = None, fo
         # task is outdated then, and _why() says why in plain words
         warnings.simplefilter("ignore", UserWarning)
         dag.render(force=force, show_progress=False)
+
+
+def _decide(result: Plan, task: PlannedTask, force: bool) -> None:
+    """Run or skip, and why: ploomber's verdict, overruled by an upstream re-run or an expired freshness window."""
     from ploomber.constants import TaskStatus
 
-    for name in result.order:  # upstream first: a task re-runs when one of its upstream tasks does
-        task = result.tasks[name]
-        pt = task.ploomber_task
-        ups = [u for u in task.upstream if result.tasks[u].action == "run"]
-        first = next(iter(pt.product.products)) if hasattr(pt.product, "products") else pt.product
-        hours = task.prepared.runbook.metadata.get("freshness_hours")
-        if pt.exec_status == TaskStatus.Skipped and ups:
-            task.action, task.why = "run", "upstream re-runs: " + ", ".join(ups)
-        elif pt.exec_status == TaskStatus.Skipped and expired(first.metadata.timestamp, hours):
-            task.action, task.why = "run", f"last built over {hours:g} h ago (its freshness_hours)"
-        elif pt.exec_status == TaskStatus.Skipped:
-            task.action = "skip"
-            task.why = "up to date: runbook source, parameters and upstream products unchanged"
-        else:
-            task.action = "run"
-            task.why = _why(pt, force, ups)
-    result.dag = dag
-    return result
+    pt = task.ploomber_task
+    ups = [u for u in task.upstream if result.tasks[u].action == "run"]
+    first = next(iter(pt.product.products)) if hasattr(pt.product, "products") else pt.product
+    hours = task.prepared.runbook.metadata.get("freshness_hours")
+    if pt.exec_status == TaskStatus.Skipped and ups:
+        task.action, task.why = "run", "upstream re-runs: " + ", ".join(ups)
+    elif pt.exec_status == TaskStatus.Skipped and expired(first.metadata.timestamp, hours):
+        task.action, task.why = "run", f"last built over {hours:g} h ago (its freshness_hours)"
+    elif pt.exec_status == TaskStatus.Skipped:
+        task.action = "skip"
+        task.why = "up to date: runbook source, parameters and upstream products unchanged"
+    else:
+        task.action = "run"
+        task.why = _why(pt, force, ups)
 
 
 def expired(timestamp: float | None, freshness_hours: float | None, now: float | None = None) -> bool:

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from stackbook.core import project
-from stackbook.core.errors import UsageError
+from stackbook.core.catalog import Broken
+from stackbook.core.errors import PipelineSpecError, StackbookError  # noqa: F401 (PipelineSpecError re-exported)
+from stackbook.core.files import load_yaml
 
 SPEC_FILENAME = "pipeline.yaml"
 STACKBOOK_KEY = "stackbook"  # our extras; stripped before ploomber sees the spec
 STACKBOOK_FIELDS = {"description", "owner", "schedule", "profile", "timeout"}
-
-
-class PipelineSpecError(UsageError):
-    """A pipeline spec that is missing or malformed (exit 2, nothing ran)."""
 
 
 @dataclass
@@ -96,18 +94,6 @@ class PipelineSpec:
             pending = [n for n in pending if n not in ready]
         return done
 
-    def downstream(self, name: str) -> list[str]:
-        """Every task that depends on NAME, directly or not."""
-        out: list[str] = []
-        frontier = [name]
-        while frontier:
-            cur = frontier.pop()
-            for t in self.tasks:
-                if cur in t.upstream and t.name not in out:
-                    out.append(t.name)
-                    frontier.append(t.name)
-        return [n for n in self.order() if n in out]
-
     def resolve_source(self, source: str) -> Path:
         """The notebook of a task: a runbook name from the catalogue, or a path (relative to the spec first)."""
         from stackbook.core import catalog
@@ -146,18 +132,9 @@ def pipelines_dir() -> Path:
 
 
 def _read_yaml_mapping(path: Path, optional: bool = False) -> dict[str, Any]:
-    import yaml
-
-    if not path.exists():
-        if optional:
-            return {}
-        raise PipelineSpecError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PipelineSpecError(f"{path} is not valid YAML: {exc}") from None
-    if data is None:
+    if optional and not path.exists():
         return {}
+    data = load_yaml(path, what="pipeline file", error=PipelineSpecError, default={})
     if not isinstance(data, dict):
         raise PipelineSpecError(f"{path} must hold a mapping")
     return data
@@ -209,6 +186,8 @@ def load_spec(name: str) -> PipelineSpec:
         upstream = t.get("upstream") or []
         if isinstance(upstream, str):
             upstream = [upstream]
+        if not isinstance(upstream, list):
+            raise PipelineSpecError(f"{path}: task {name_!r}: `upstream:` must be a task name or a list of them")
         params = t.get("params") or {}
         if not isinstance(params, dict):
             raise PipelineSpecError(f"{path}: task {name_!r}: `params:` must be a mapping")
@@ -240,3 +219,15 @@ def _check_cron(expr: Any, where: str) -> None:
 
 def all_pipelines() -> list[PipelineSpec]:
     return [load_spec(str(p)) for p in paths()]
+
+
+def scan() -> tuple[list[PipelineSpec], list[Broken]]:
+    """Every pipeline whose spec loads, and a ``catalog.Broken`` entry for each one that does not (for listings)."""
+    good: list[PipelineSpec] = []
+    broken: list[Broken] = []
+    for path in paths():
+        try:
+            good.append(load_spec(str(path)))
+        except (StackbookError, OSError) as exc:
+            broken.append(Broken(kind="pipeline", name=path.parent.name, path=path, error=str(exc)))
+    return good, broken

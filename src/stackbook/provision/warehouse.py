@@ -46,8 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from psycopg.sql import Identifier, Literal
+
 from stackbook.core import project
-from stackbook.core.errors import StackbookError, UsageError
+from stackbook.core.errors import ProvisionError, UsageError  # noqa: F401 (re-exported)
 
 SCHEMAS = ("raw", "staging", "marts", "ml", "audit", "stackbook")
 
@@ -106,44 +108,42 @@ MASK = "<scram-sha-256 verifier>"
 NOTHING_TO_CHANGE = "nothing to change"
 
 
-class ProvisionError(StackbookError):
-    """Provisioning could not plan or apply; the message names the object and the fix."""
-
-
 def role_names() -> list[str]:
     return [r.name for r in ROLES]
 
 
+# Plan steps are text (shown to people, then run as they read), so identifiers and literals are
+# quoted by psycopg's sql.Identifier / sql.Literal and kept as strings.
 def _q(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
+    """NAME as a quoted SQL identifier."""
+    return Identifier(name).as_string()
 
 
 def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """VALUE as a quoted SQL string literal."""
+    return Literal(value).as_string()
 
 
 # ---------------------------------------------------------------- passwords
 
 
 def credentials_dir() -> Path:
-    path = project.state_dir() / "credentials"
+    path = project.home_dir() / "credentials"
     path.mkdir(mode=0o700, exist_ok=True)
     path.chmod(0o700)
     return path
 
 
 def known_password(role: RoleSpec, env: str | None = None) -> tuple[str | None, str]:
-    """(password, where it came from) from the secret, else the credentials file; (None, "") if neither."""
+    """(password, where it came from) from the secret (looked up as every secret is: ``scrub``), else the
+    credentials file; (None, "") if neither."""
+    from stackbook.core import environments
     from stackbook.run import scrub
 
-    env = env or os.environ.get("STACKBOOK_ENV") or "dev"
-    root = project.root()
-    for source, values in (("environment", os.environ), (f".env.{env}", scrub.read_dotenv(root / f".env.{env}")),
-                           (".env", scrub.read_dotenv(root / ".env"))):
-        if values.get(role.secret):
-            return values[role.secret], f"secret {role.secret} ({source})"
-    path = project.state_dir() / "credentials" / role.name
+    value = scrub.collect_optional([role.secret], env or environments.current_name()).get(role.secret)
+    if value:
+        return value, f"secret {role.secret} (environment or .env)"
+    path = project.home_dir() / "credentials" / role.name
     if path.exists():
         value = path.read_text().strip()
         if value:
@@ -368,74 +368,104 @@ def _creators(schema: str, admin: str) -> list[str]:
 
 
 def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env: str | None) -> Plan:
+    """The plan against the catalog ``conn`` sees; with ``generate``, missing passwords are generated and kept."""
     state = _inspect(conn, database_exists)
-    admin = state["admin"]
-    plan = Plan(database=database, admin=admin, fingerprint=_fingerprint(state, database_exists))
-    add = plan.steps.append
-
+    plan = Plan(database=database, admin=state["admin"], fingerprint=_fingerprint(state, database_exists))
     if not database_exists:
-        add(Step(f"CREATE DATABASE {_q(database)}", f"CREATE DATABASE {_q(database)}",
-                 f"database {database} does not exist", on="cluster"))
-
-    # roles: existence, attributes, password, memberships
+        plan.steps.append(Step(f"CREATE DATABASE {_q(database)}", f"CREATE DATABASE {_q(database)}",
+                               f"database {database} does not exist", on="cluster"))
     for spec in ROLES:
-        current = state["roles"].get(spec.name)
-        known, source = known_password(spec, env)
-        if known is not None:
-            _check_password(spec, known)
+        _plan_role(plan, spec, state, generate=generate, env=env)
+    _plan_memberships(plan, state)
+    _plan_schemas(plan, state)
+    _plan_schema_privileges(plan, conn, state)
+    _plan_object_privileges(plan, conn, state)
+    _plan_default_privileges(plan, state)
+    return plan
+
+
+def _generated_password(spec: RoleSpec) -> tuple[str, str]:
+    """A new password for the role, kept under .stackbook/credentials, and where it is kept."""
+    value = secrets.token_urlsafe(24)
+    return value, f"generated, kept in {_store_password(spec.name, value)}"
+
+
+def _plan_role(plan: Plan, spec: RoleSpec, state: dict[str, Any], *, generate: bool, env: str | None) -> None:
+    """A role's existence, attributes and password."""
+    current = state["roles"].get(spec.name)
+    known, source = known_password(spec, env)
+    if known is not None:
+        _check_password(spec, known)
+    if current is None:
+        if known is None and generate:
+            known, source = _generated_password(spec)
+        where = source or f"generated at apply and kept in .stackbook/credentials/{spec.name}"
+        verifier = scram_verifier(known) if known is not None else MASK
         attrs = " ".join(on if want else off for want, on, off in ROLE_ATTRIBUTES.values())
-        if current is None:
-            if known is None and generate:
-                known = secrets.token_urlsafe(24)
-                path = _store_password(spec.name, known)
-                source = f"generated, kept in {path}"
-            where = source or f"generated at apply and kept in .stackbook/credentials/{spec.name}"
-            verifier = scram_verifier(known) if known is not None else MASK
-            add(Step(f"CREATE ROLE {_q(spec.name)} WITH {attrs} PASSWORD {_lit(verifier)}",
-                     f"CREATE ROLE {_q(spec.name)} WITH {attrs} PASSWORD '{MASK}'",
-                     f"role {spec.name} ({spec.purpose}) does not exist; password: {where}"))
-            continue
-        drift = [on if want else off for col, (want, on, off) in ROLE_ATTRIBUTES.items() if current[col] != want]
-        if drift:
-            add(Step(f"ALTER ROLE {_q(spec.name)} WITH {' '.join(drift)}",
-                     f"ALTER ROLE {_q(spec.name)} WITH {' '.join(drift)}",
-                     f"role {spec.name} has attributes that least privilege forbids or lacks LOGIN"))
-        if state["passwords"] is None:
-            plan.notes.append(f"cannot read pg_authid as {admin}: the password of {spec.name} is not checked")
-            continue
-        stored = state["passwords"].get(spec.name)
-        reason = None
-        if not stored:
-            reason = f"role {spec.name} has no password"
-        elif not stored.startswith("SCRAM-SHA-256$"):
-            reason = f"role {spec.name} has a password that is not a SCRAM-SHA-256 verifier"
-        elif known is not None and not verifier_matches(stored, known):
-            reason = f"the password of role {spec.name} differs from the {source}"
-        elif known is None:
+        plan.steps.append(Step(f"CREATE ROLE {_q(spec.name)} WITH {attrs} PASSWORD {_lit(verifier)}",
+                               f"CREATE ROLE {_q(spec.name)} WITH {attrs} PASSWORD '{MASK}'",
+                               f"role {spec.name} ({spec.purpose}) does not exist; password: {where}"))
+        return
+    drift = [on if want else off for col, (want, on, off) in ROLE_ATTRIBUTES.items() if current[col] != want]
+    if drift:
+        sql = f"ALTER ROLE {_q(spec.name)} WITH {' '.join(drift)}"
+        plan.steps.append(Step(sql, sql, f"role {spec.name} has attributes that least privilege forbids "
+                                         "or lacks LOGIN"))
+    if state["passwords"] is None:
+        plan.notes.append(f"cannot read pg_authid as {plan.admin}: the password of {spec.name} is not checked")
+        return
+    _plan_password(plan, spec, state["passwords"].get(spec.name), known, source, generate=generate)
+
+
+def _password_problem(spec: RoleSpec, stored: str | None, known: str | None, source: str) -> str | None:
+    """Why the role's stored password verifier must be replaced, or None."""
+    if not stored:
+        return f"role {spec.name} has no password"
+    if not stored.startswith("SCRAM-SHA-256$"):
+        return f"role {spec.name} has a password that is not a SCRAM-SHA-256 verifier"
+    if known is not None and not verifier_matches(stored, known):
+        return f"the password of role {spec.name} differs from the {source}"
+    return None
+
+
+def _plan_password(plan: Plan, spec: RoleSpec, stored: str | None, known: str | None, source: str, *,
+                   generate: bool) -> None:
+    """An existing role's password: set it when missing, not SCRAM, or not the known one."""
+    reason = _password_problem(spec, stored, known, source)
+    if reason is None:
+        if known is None:
             plan.notes.append(f"role {spec.name} has a password stackbook does not know; set {spec.secret} "
                               "to manage it")
-        if reason:
-            if known is None and generate:
-                known = secrets.token_urlsafe(24)
-                source = f"generated, kept in {_store_password(spec.name, known)}"
-            verifier = scram_verifier(known) if known is not None else MASK
-            add(Step(f"ALTER ROLE {_q(spec.name)} WITH PASSWORD {_lit(verifier)}",
-                     f"ALTER ROLE {_q(spec.name)} WITH PASSWORD '{MASK}'",
-                     f"{reason}; password: {source or 'generated at apply'}"))
-    for member, group in state["memberships"]:
-        add(Step(f"REVOKE {_q(group)} FROM {_q(member)}", f"REVOKE {_q(group)} FROM {_q(member)}",
-                 f"role {member} must be a member of no other role (it inherits {group}'s privileges)"))
+        return
+    if known is None and generate:
+        known, source = _generated_password(spec)
+    verifier = scram_verifier(known) if known is not None else MASK
+    plan.steps.append(Step(f"ALTER ROLE {_q(spec.name)} WITH PASSWORD {_lit(verifier)}",
+                           f"ALTER ROLE {_q(spec.name)} WITH PASSWORD '{MASK}'",
+                           f"{reason}; password: {source or 'generated at apply'}"))
 
-    # schemas
+
+def _plan_memberships(plan: Plan, state: dict[str, Any]) -> None:
+    """Managed roles are members of no other role."""
+    for member, group in state["memberships"]:
+        sql = f"REVOKE {_q(group)} FROM {_q(member)}"
+        plan.steps.append(Step(sql, sql, f"role {member} must be a member of no other role "
+                                         f"(it inherits {group}'s privileges)"))
+
+
+def _plan_schemas(plan: Plan, state: dict[str, Any]) -> None:
+    """The managed schemas exist; nobody may create in schema public."""
     for schema in SCHEMAS:
         if schema not in state["schemas"]:
-            add(Step(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}", f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}",
-                     f"schema {schema} does not exist"))
+            sql = f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"
+            plan.steps.append(Step(sql, sql, f"schema {schema} does not exist"))
     if state["public_create"]:
-        add(Step("REVOKE CREATE ON SCHEMA public FROM PUBLIC", "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
-                 "every role may create objects in schema public (CIS: revoke it)"))
+        sql = "REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+        plan.steps.append(Step(sql, sql, "every role may create objects in schema public (CIS: revoke it)"))
 
-    # schema privileges: grant what is missing, revoke direct grants beyond the level
+
+def _plan_schema_privileges(plan: Plan, conn, state: dict[str, Any]) -> None:
+    """Schema privileges: grant what is missing, revoke direct grants beyond the level (and PUBLIC's)."""
     direct: dict[tuple[str, str], set[str]] = {}
     for schema, grantee, priv in state["schema_acl"]:
         direct.setdefault((schema, grantee), set()).add(priv)
@@ -443,26 +473,34 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
         for spec in ROLES:
             level = spec.level(schema)
             wanted = level.schema if level else ()
-            if wanted:
-                if spec.name in state["roles"] and schema in state["schemas"]:
-                    have = {p for p in wanted if _rows(conn, "select has_schema_privilege(%s, %s, %s)",
-                                                       (spec.name, schema, p))[0][0]}
-                else:
-                    have = set()
-                missing = [p for p in wanted if p not in have]
-                if missing:
-                    sql = f"GRANT {', '.join(missing)} ON SCHEMA {_q(schema)} TO {_q(spec.name)}"
-                    add(Step(sql, sql, f"{spec.name} needs {'/'.join(missing)} on schema {schema}"))
+            missing = _missing_schema_privs(conn, state, spec.name, schema, wanted)
+            if missing:
+                sql = f"GRANT {', '.join(missing)} ON SCHEMA {_q(schema)} TO {_q(spec.name)}"
+                plan.steps.append(Step(sql, sql, f"{spec.name} needs {'/'.join(missing)} on schema {schema}"))
             extra = sorted(direct.get((schema, spec.name), set()) - set(wanted))
             if extra:
                 sql = f"REVOKE {', '.join(extra)} ON SCHEMA {_q(schema)} FROM {_q(spec.name)}"
-                add(Step(sql, sql, f"{spec.name} holds {'/'.join(extra)} on schema {schema} beyond its access"))
+                plan.steps.append(Step(sql, sql, f"{spec.name} holds {'/'.join(extra)} on schema {schema} "
+                                                 "beyond its access"))
         public_extra = sorted(direct.get((schema, "PUBLIC"), set()))
         if public_extra:
             sql = f"REVOKE {', '.join(public_extra)} ON SCHEMA {_q(schema)} FROM PUBLIC"
-            add(Step(sql, sql, f"every role holds {'/'.join(public_extra)} on schema {schema}"))
+            plan.steps.append(Step(sql, sql, f"every role holds {'/'.join(public_extra)} on schema {schema}"))
 
-    # existing tables and sequences
+
+def _missing_schema_privs(conn, state: dict[str, Any], role: str, schema: str, wanted: tuple[str, ...]) -> list[str]:
+    """Privileges of ``wanted`` the role lacks on the schema (all of them when the role or schema is new)."""
+    if not wanted:
+        return []
+    if role in state["roles"] and schema in state["schemas"]:
+        have = {p for p in wanted if _rows(conn, "select has_schema_privilege(%s, %s, %s)", (role, schema, p))[0][0]}
+    else:
+        have = set()
+    return [p for p in wanted if p not in have]
+
+
+def _plan_object_privileges(plan: Plan, conn, state: dict[str, Any]) -> None:
+    """Existing tables and sequences: grant what the level needs, revoke direct grants beyond it."""
     for schema in SCHEMAS:
         for spec in ROLES:
             level = spec.level(schema)
@@ -472,8 +510,8 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
                 missing = _missing_object_privs(conn, state, spec.name, schema, kind, wanted)
                 if missing:
                     sql = f"GRANT {', '.join(missing)} ON ALL {noun} IN SCHEMA {_q(schema)} TO {_q(spec.name)}"
-                    add(Step(sql, sql, f"existing {noun.lower()} of {schema} lack {'/'.join(missing)} "
-                                       f"for {spec.name}"))
+                    plan.steps.append(Step(sql, sql, f"existing {noun.lower()} of {schema} lack "
+                                                     f"{'/'.join(missing)} for {spec.name}"))
     extra_objects: dict[tuple[str, str, str], set[str]] = {}
     for schema, obj, kind, grantee, priv in state["object_acl"]:
         level = _spec(grantee).level(schema)
@@ -483,20 +521,31 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
     for (obj, kind, grantee), privs in sorted(extra_objects.items()):
         noun = "SEQUENCE" if kind == "S" else "TABLE"
         sql = f"REVOKE {', '.join(sorted(privs))} ON {noun} {obj} FROM {_q(grantee)}"
-        add(Step(sql, sql, f"{grantee} holds {'/'.join(sorted(privs))} on {obj} beyond its access"))
+        plan.steps.append(Step(sql, sql, f"{grantee} holds {'/'.join(sorted(privs))} on {obj} beyond its access"))
 
-    # default privileges for future tables and sequences
-    have_default: dict[tuple[str, str | None, str, str], set[str]] = {}
-    for creator, schema, kind, grantee, priv in state["default_acl"]:
-        have_default.setdefault((creator, schema, kind, grantee), set()).add(priv)
-    wanted_default: dict[tuple[str, str | None, str, str], tuple[str, ...]] = {}
+
+_DefaultKey = tuple[str, str | None, str, str]  # (creator, schema or None for every schema, kind r|S, grantee)
+
+
+def _wanted_default_privileges(admin: str) -> dict[_DefaultKey, tuple[str, ...]]:
+    """The default privileges every creator of a managed schema must grant on its future tables and sequences."""
+    wanted: dict[_DefaultKey, tuple[str, ...]] = {}
     for schema in SCHEMAS:
         for creator in _creators(schema, admin):
             for spec in ROLES:
                 level = spec.level(schema)
                 if level and spec.name != creator:
-                    wanted_default[(creator, schema, "r", spec.name)] = level.tables
-                    wanted_default[(creator, schema, "S", spec.name)] = level.sequences
+                    wanted[(creator, schema, "r", spec.name)] = level.tables
+                    wanted[(creator, schema, "S", spec.name)] = level.sequences
+    return wanted
+
+
+def _plan_default_privileges(plan: Plan, state: dict[str, Any]) -> None:
+    """Default privileges for future tables and sequences: grant what is wanted, revoke the rest."""
+    have_default: dict[_DefaultKey, set[str]] = {}
+    for creator, schema, kind, grantee, priv in state["default_acl"]:
+        have_default.setdefault((creator, schema, kind, grantee), set()).add(priv)
+    wanted_default = _wanted_default_privileges(plan.admin)
     for key in sorted(set(wanted_default) | set(have_default), key=lambda k: tuple(str(x) for x in k)):
         creator, schema, kind, grantee = key
         wanted, have = wanted_default.get(key, ()), have_default.get(key, set())
@@ -507,14 +556,14 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
         if missing:
             sql = (f"ALTER DEFAULT PRIVILEGES FOR ROLE {_q(creator)}{scope} "
                    f"GRANT {', '.join(missing)} ON {noun} TO {_q(grantee)}")
-            add(Step(sql, sql, f"{noun.lower()} {creator} creates in {schema} later must grant "
-                               f"{'/'.join(missing)} to {grantee}"))
+            plan.steps.append(Step(sql, sql, f"{noun.lower()} {creator} creates in {schema} later must grant "
+                                             f"{'/'.join(missing)} to {grantee}"))
         if extra:
             sql = (f"ALTER DEFAULT PRIVILEGES FOR ROLE {_q(creator)}{scope} "
                    f"REVOKE {', '.join(extra)} ON {noun} FROM {_q(grantee)}")
-            add(Step(sql, sql, f"{noun.lower()} {creator} creates{' in ' + schema if schema else ''} would grant "
-                               f"{'/'.join(extra)} to {grantee} beyond its access"))
-    return plan
+            plan.steps.append(Step(sql, sql, f"{noun.lower()} {creator} creates"
+                                             f"{' in ' + schema if schema else ''} would grant "
+                                             f"{'/'.join(extra)} to {grantee} beyond its access"))
 
 
 def _check_name(database: str) -> None:

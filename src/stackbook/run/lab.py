@@ -21,7 +21,7 @@ def lab_environment(env_name: str) -> dict[str, str]:
     # a runbook that needs a missing one says so when it runs
     found = scrub.collect_optional(names, env.name)
     lab_dir = project.state_dir() / "lab"
-    lab_dir.mkdir(exist_ok=True)
+    lab_dir.mkdir(mode=0o700, exist_ok=True)
     return {
         **TELEMETRY_OFF,
         **found,

@@ -1,4 +1,18 @@
-"""The run ledger: one row per run in ``stackbook.runs``.
+"""The run ledger: one row per run in ``stackbook.runs``, read back as ``RunRecord``s.
+
+``open_run`` is the one way a run gets a row: it checks nothing about the run
+store (the engine does that first, so a bad store records nothing), takes the
+advisory lock of an exclusive runbook (refused: ``RefusedError``, exit 3),
+inserts the ``running`` row, heartbeats it, and on every way out of its block
+(return, exception, Ctrl-C) finishes the row and closes the connection (the
+lock goes with it). ``session`` is the connection every reader uses.
+
+A run outlives its database connection: its heartbeat and its final record go
+through a ``db.Link``, which reconnects when the database restarts under a long
+cell (and re-takes the exclusive lock, or notes in the row's reason that another
+run took it meanwhile). A database that stays away past the retry budget does not
+lose the outcome: the final record goes to the spool (``stackbook.run.spool``) and
+``session`` writes it into the ledger at the next connection, before reaping.
 
 Runs heartbeat while they execute. The reaper, called by ``stackbook run`` and
 ``stackbook runs``, marks ``running`` rows whose runner is gone as ``failed``:
@@ -14,13 +28,19 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
-
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-STATES = ("running", "succeeded", "failed", "timed_out", "cancelled", "upstream_failed", "skipped")
-FINAL_STATES = tuple(s for s in STATES if s != "running")
+from stackbook.core.errors import LedgerUnreachable, RefusedError
+from stackbook.run import chain, db, spool
+from stackbook.run.record import COLUMNS, NEVER_STARTED, STATES, RunRecord  # noqa: F401 (re-exported)
+
 HEARTBEAT_INTERVAL_S = float(os.environ.get("STACKBOOK_HEARTBEAT_INTERVAL", "10"))
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("STACKBOOK_HEARTBEAT_TIMEOUT", "60"))
 _SCHEMA_LOCK = 7_301_975  # advisory lock key serialising schema creation
@@ -55,19 +75,12 @@ create index if not exists runs_status on stackbook.runs (status) where status =
 create index if not exists runs_pipeline_run on stackbook.runs (pipeline_run_id);
 """
 
-COLUMNS = (
-    "id", "runbook", "path", "env", "status", "params", "results", "output", "started_at", "finished_at",
-    "duration_s", "error", "reason", "host", "pid", "kernel_pid", "git_commit", "heartbeat_at",
-    "approved_by", "pipeline_run_id", "attempt",
-)
-_JSON_COLUMNS = {"params", "results", "error"}
-
 _ready: set[str] = set()
 
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time then random hex."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def hostname() -> str:
@@ -78,20 +91,14 @@ def ensure_schema(conn) -> None:
     key = conn.info.dsn
     if key in _ready:
         return
-    exists = conn.execute("select to_regclass('stackbook.runs') is not null").fetchone()[0]
+    # the chain is the newest part: a ledger that has it has every column too
+    exists = conn.execute("select to_regclass('stackbook.chain') is not null").fetchone()[0]
     if not exists:
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             conn.execute(SCHEMA_SQL)
+            conn.execute(chain.SCHEMA_SQL)
     _ready.add(key)
-
-
-def _row_to_record(row: dict) -> dict[str, Any]:
-    rec = dict(row)
-    for col in ("started_at", "finished_at", "heartbeat_at"):
-        if rec.get(col) is not None:
-            rec[col] = rec[col].isoformat()
-    return rec
 
 
 def _query(conn, sql: str, args: tuple | dict = ()) -> list[dict]:
@@ -116,7 +123,7 @@ def start_run(conn, *, run_id: str, runbook: str, path: str, env: str, params: d
 
 def insert_final(conn, *, run_id: str, runbook: str, env: str, status: str, reason: str | None = None,
                  params: dict | None = None, pipeline_run_id: str | None = None, path: str | None = None) -> None:
-    """A row for a run that never started (skipped, upstream_failed)."""
+    """A row for a run that never started (``NEVER_STARTED``: skipped, upstream_failed, refused)."""
     conn.execute(
         """insert into stackbook.runs (id, runbook, path, env, status, params, host, pid, reason, pipeline_run_id,
                                        finished_at, duration_s)
@@ -134,24 +141,27 @@ def heartbeat(conn, run_id: str) -> None:
     conn.execute("update stackbook.runs set heartbeat_at = now() where id = %s and status = 'running'", (run_id,))
 
 
-def finish_run(conn, run_id: str, *, status: str, results: dict, error: dict | None, reason: str | None) -> dict:
+def finish_run(conn, run_id: str, *, status: str, results: dict, error: dict | None,
+               reason: str | None, kernel_pid: int | None = None) -> RunRecord:
+    """The row's final state (KERNEL_PID fills a pid the database was away to receive)."""
     conn.execute(
         """update stackbook.runs
               set status = %s, results = %s, error = %s, reason = %s, finished_at = now(),
-                  duration_s = extract(epoch from now() - started_at), heartbeat_at = now()
+                  duration_s = extract(epoch from now() - started_at), heartbeat_at = now(),
+                  kernel_pid = coalesce(kernel_pid, %s)
             where id = %s""",
-        (status, json.dumps(results), json.dumps(error) if error else None, reason, run_id),
+        (status, json.dumps(results), json.dumps(error) if error else None, reason, kernel_pid, run_id),
     )
     return get_run(conn, run_id)
 
 
-def get_run(conn, run_id: str) -> dict | None:
+def get_run(conn, run_id: str) -> RunRecord | None:
     rows = _query(conn, f"select {', '.join(COLUMNS)} from stackbook.runs where id = %s", (run_id,))
-    return _row_to_record(rows[0]) if rows else None
+    return RunRecord.from_row(rows[0]) if rows else None
 
 
 def list_runs(conn, *, runbook: str | None = None, status: str | None = None, env: str | None = None,
-              pipeline_run_id: str | None = None, limit: int | None = 20) -> list[dict]:
+              pipeline_run_id: str | None = None, limit: int | None = 20) -> list[RunRecord]:
     where, args = [], []
     for col, value in (("runbook", runbook), ("status", status), ("env", env), ("pipeline_run_id", pipeline_run_id)):
         if value:
@@ -163,17 +173,18 @@ def list_runs(conn, *, runbook: str | None = None, status: str | None = None, en
     sql += " order by started_at desc, id desc"
     if limit:
         sql += f" limit {int(limit)}"
-    return [_row_to_record(r) for r in _query(conn, sql, tuple(args))]
+    return [RunRecord.from_row(r) for r in _query(conn, sql, tuple(args))]
 
 
-def running_run(conn, runbook: str, env: str) -> dict | None:
+def running_run(conn, runbook: str, env: str, exclude: str | None = None) -> RunRecord | None:
+    """The newest ``running`` row of RUNBOOK in ENV but EXCLUDE (the holder of its lock, for the refusal message)."""
     rows = _query(
         conn,
-        "select id, host, pid, started_at from stackbook.runs where runbook = %s and env = %s and status = 'running' "
-        "order by started_at desc limit 1",
-        (runbook, env),
+        f"select {', '.join(COLUMNS)} from stackbook.runs where runbook = %s and env = %s and status = 'running' "
+        "and id is distinct from %s order by started_at desc limit 1",
+        (runbook, env, exclude),
     )
-    return rows[0] if rows else None
+    return RunRecord.from_row(rows[0]) if rows else None
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -232,7 +243,8 @@ def reap(conn, timeout_s: float | None = None) -> list[str]:
         cur = conn.execute(
             """update stackbook.runs set status = 'failed', reason = %s, finished_at = now(),
                       duration_s = extract(epoch from now() - started_at),
-                      error = coalesce(error, jsonb_build_object('cell_index', null, 'ename', 'StaleRun', 'evalue', %s::text))
+                      error = coalesce(error, jsonb_build_object('cell_index', null, 'ename', 'StaleRun',
+                                                                 'evalue', %s::text))
                 where id = %s and status = 'running'""",
             (reason, reason, row["id"]),
         )
@@ -255,19 +267,21 @@ def _remove_run_files(run_id: str) -> None:
 
 
 class Heartbeat:
-    """Updates a run's heartbeat from a daemon thread until stopped."""
+    """Updates a run's heartbeat from a daemon thread until stopped, through the run's ``db.Link``: a beat
+    that finds the database gone reconnects at the next one (the row says how long it was away)."""
 
-    def __init__(self, conn, run_id: str, interval_s: float = HEARTBEAT_INTERVAL_S):
-        self._conn, self._run_id, self._interval = conn, run_id, interval_s
+    def __init__(self, link: db.Link, run_id: str, interval_s: float = HEARTBEAT_INTERVAL_S):
+        self._link, self._run_id, self._interval = link, run_id, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id}", daemon=True)
 
     def _loop(self) -> None:
+        beat = partial(heartbeat, run_id=self._run_id)
         while not self._stop.wait(self._interval):
             try:
-                heartbeat(self._conn, self._run_id)
-            except Exception:  # a lost heartbeat is reaped later; the run goes on
-                pass
+                self._link.run(beat, budget_s=0)
+            except LedgerUnreachable:  # the next beat tries again; the final record has a budget of its own
+                continue
 
     def __enter__(self):
         self._thread.start()
@@ -275,7 +289,7 @@ class Heartbeat:
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=15)
 
 
 def lock_key(runbook: str, env: str) -> str:
@@ -291,3 +305,155 @@ def unlock(conn, runbook: str, env: str) -> None:
     conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key(runbook, env),))
 
 
+@contextmanager
+def session(reap_stale: bool = True) -> Iterator[Any]:
+    """A connection to the ledger, closed on every path: schema ensured, the spooled records of runs that
+    finished while the database was away written (``spool.drain``), then stale ``running`` rows reaped."""
+    conn = db.connect()
+    try:
+        ensure_schema(conn)
+        spool.drain(conn)  # before the reaper: a spooled run's row is finished as it ended, never reaped stale
+        if reap_stale:
+            reap(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+def _lock_or_refuse(conn, runbook: str, env: str) -> None:
+    if try_lock(conn, runbook, env):
+        return
+    holder = running_run(conn, runbook, env)
+    who = f"run {holder.id} (pid {holder.pid} on {holder.host})" if holder else "another run"
+    raise RefusedError(
+        f"runbook {runbook!r} is exclusive and {who} is running it in environment {env!r}; wait for it to finish",
+        runbook=runbook,
+        env=env,
+    )
+
+
+class OpenRun:
+    """The ``running`` row ``open_run`` holds: its id, its ``db.Link``, and ``finish`` (once).
+
+    The row as inserted is kept (``current`` falls back to it while the database is away). ``finish`` writes
+    the final state through the link (reconnecting within ``db.retry_budget_s()``) or, when the database stays
+    away, keeps it in the spool: ``spooled`` is then that file, and the record is returned all the same.
+    """
+
+    def __init__(self, link: db.Link, row: RunRecord, redact: Callable[[str], str], exclusive: bool = False):
+        self.link, self.run_id, self._row, self._redact = link, row.id, row, redact
+        self.exclusive = exclusive
+        self.record: RunRecord | None = None
+        self.lock_lost: str | None = None  # set when a reconnection found the exclusive lock taken
+        self.spooled = None  # the spool file, when the final record could not reach the database
+
+    @property
+    def conn(self):
+        return self.link.conn
+
+    @property
+    def finished(self) -> bool:
+        return self.record is not None
+
+    def relock(self, conn) -> None:
+        """``on_reconnect`` of the link: the exclusive lock died with the old session; take it again."""
+        if not self.exclusive or try_lock(conn, self._row.runbook, self._row.env):
+            return
+        holder = running_run(conn, self._row.runbook, self._row.env, exclude=self.run_id)
+        who = f"run {holder.id} (pid {holder.pid} on {holder.host})" if holder else "another session"
+        self.lock_lost = self.lock_lost or f"the exclusive lock was lost while the database was away ({who} took it)"
+
+    def set_kernel_pid(self, pid: int | None) -> None:
+        self._row.kernel_pid = pid
+        try:
+            self.link.run(partial(set_kernel_pid, run_id=self.run_id, pid=pid), budget_s=0)
+        except LedgerUnreachable:  # the database is away now: ``finish`` writes the pid with the final state
+            return
+
+    def current(self) -> RunRecord:
+        """The row as it is now (``running`` until ``finish``); as inserted while the database is away."""
+        try:
+            found = self.link.run(partial(get_run, run_id=self.run_id), budget_s=0)
+        except LedgerUnreachable:
+            found = None
+        return found or replace(self._row)
+
+    def finish(self, status: str, *, results: dict | None = None, error: dict | None = None,
+               reason: str | None = None) -> RunRecord:
+        """The row's final state (values already scrubbed by the caller); returns the finished record."""
+        results = results or {}
+        final = partial(self._write_final, status=status, results=results, error=error, reason=reason)
+        try:
+            self.record = self.link.run(final, budget_s=db.retry_budget_s())
+        except LedgerUnreachable as exc:
+            self.record = self._spool(status, results, error, self._noted(reason), exc)
+        return self.record
+
+    def _noted(self, reason: str | None) -> str | None:
+        """REASON, and that the exclusive lock was lost if a reconnection found it taken."""
+        if not self.lock_lost:
+            return reason
+        return f"{reason}; {self.lock_lost}" if reason else self.lock_lost
+
+    def _write_final(self, conn, *, status: str, results: dict, error: dict | None,
+                     reason: str | None) -> RunRecord:
+        # the note is read here, after the link's reconnection (and its relock) for this very write
+        return finish_run(conn, self.run_id, status=status, results=results, error=error, reason=self._noted(reason),
+                          kernel_pid=self._row.kernel_pid)
+
+    def _spool(self, status: str, results: dict, error: dict | None, reason: str | None,
+               exc: LedgerUnreachable) -> RunRecord:
+        """The final record, kept in the spool for the next command that reaches the database."""
+        now = datetime.now(UTC)
+        started = self._row.started_at or now
+        record = replace(self._row, status=status, results=results, error=error, reason=reason, finished_at=now,
+                         heartbeat_at=now, duration_s=round((now - started).total_seconds(), 3))
+        self.spooled = spool.keep(record, self.link.target, self._redact)
+        print(f"stackbook: {exc}. The final record of run {self.run_id} ({status}) is kept in {self.spooled}; "
+              "the next stackbook command that reaches the database (e.g. `stackbook runs`) writes it to the "
+              "ledger", file=sys.stderr, flush=True)
+        return record
+
+    def finish_after(self, exc: BaseException) -> None:
+        """What ``open_run`` records when its block raised before finishing the row."""
+        if self.finished:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            status, reason = "cancelled", "interrupted (Ctrl-C or SIGTERM)"
+        else:
+            status, reason = "failed", f"the runner failed: {type(exc).__name__}: {self._redact(str(exc))}"
+        self.finish(status, reason=reason,
+                    error={"cell_index": None, "ename": type(exc).__name__, "evalue": self._redact(str(exc))})
+
+
+@contextmanager
+def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: dict, output: str,
+             exclusive: bool = False, git_commit: str | None = None, approved_by: str | None = None,
+             pipeline_run_id: str | None = None, attempt: int = 1,
+             redact: Callable[[str], str] | None = None) -> Iterator[OpenRun]:
+    """A ``running`` row for the block; finished and disconnected on every path out of it.
+
+    An exclusive runbook's lock is taken first (held: ``RefusedError``, exit 3, no row). A block that
+    raises leaves its row ``failed`` (``cancelled`` on Ctrl-C) naming the error, REDACT applied; a block
+    that returns without calling ``finish`` leaves it ``failed`` too: no row stays ``running``. The lock
+    is a session lock: it is freed when the connection closes, on every path.
+    """
+    with session() as conn:
+        if exclusive:
+            _lock_or_refuse(conn, runbook, env)
+        start_run(conn, run_id=run_id, runbook=runbook, path=path, env=env, params=params, output=output,
+                  git_commit=git_commit, approved_by=approved_by, pipeline_run_id=pipeline_run_id, attempt=attempt)
+        link = db.Link(conn)
+        run = OpenRun(link, get_run(conn, run_id), redact or str, exclusive=exclusive)
+        link.on_reconnect = run.relock
+        try:
+            with Heartbeat(link, run_id):
+                try:
+                    yield run
+                except BaseException as exc:
+                    run.finish_after(exc)
+                    raise
+                if not run.finished:
+                    run.finish("failed", reason="the runner ended without finishing its run")
+        finally:
+            link.close()

@@ -9,6 +9,12 @@ and a pipeline's ``stackbook.schedule`` (cron lines, UTC) are turned into:
 - :mod:`.kubernetes`: CronJob manifests from the platform's rendered
   manifests, so the overlays' patches apply (``stackbook schedule kubernetes``).
 
+Crontab lines and CronJobs also run ``stackbook check -e ENV`` every
+``CHECK_SCHEDULE``: the runbooks that are stale or failing are told once per
+episode (``stackbook.notify``). The Airflow DAGs need no such task: their
+tasks are ``stackbook run``, which notifies, and Airflow's own failure
+callbacks stay off so that nobody is told twice.
+
 Nothing here imports ploomber except the Airflow generator, which expands a
 pipeline's parameters (``{{placeholders}}``) the way a pipeline run does.
 """
@@ -18,15 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackbook.core.errors import StackbookError
+from stackbook.core.errors import ScheduleError, StackbookError
 
 DEFAULT_SCHEDULE_ENV = "prod"
-
-
-class ScheduleError(StackbookError):
-    """A schedule could not be generated (for instance a manifest that fails validation or the audit)."""
-
-    exit_code = 1
+CHECK_SCHEDULE = "*/15 * * * *"  # `stackbook check`: stale or failing runbooks, told once per episode
+CHECK_TIMEOUT_S = 300
 
 
 @dataclass
@@ -79,20 +81,36 @@ def from_pipeline(spec) -> Scheduled:
 
 
 def scheduled(kinds: tuple[str, ...] = ("pipeline", "runbook")) -> list[Scheduled]:
-    """Every pipeline and runbook that has a schedule, pipelines first, by name."""
+    """Every pipeline and runbook that has a schedule, pipelines first, by name.
+
+    Strict: a spec or runbook that cannot be read raises, so no generated schedule silently lacks it.
+    """
     from stackbook.core import catalog
     from stackbook.pipelines.spec import all_pipelines
 
-    out: list[Scheduled] = []
-    if "pipeline" in kinds:
-        out += [from_pipeline(spec) for spec in all_pipelines() if spec.schedule]
-    if "runbook" in kinds:
-        for rb in sorted(catalog.all_runbooks(), key=lambda r: r.name):
-            meta = rb.metadata
-            if not meta.get("schedule"):
-                continue
-            out.append(Scheduled(kind="runbook", name=rb.name, schedule=meta["schedule"], description=rb.title,
-                                 owner=meta.get("owner"), timeout=meta.get("timeout"),
-                                 retries=int(meta.get("retries") or 0), retry_delay_s=float(meta.get("retry_delay_s") or 0),
-                                 secrets=list(meta.get("secrets") or []), source=rb))
+    specs = all_pipelines() if "pipeline" in kinds else []
+    runbooks = catalog.all_runbooks() if "runbook" in kinds else []
+    return _items(specs, runbooks)
+
+
+def listing() -> tuple[list[Scheduled], list]:
+    """``scheduled()`` for ``stackbook schedule list``: files that cannot be read come back as ``catalog.Broken``."""
+    from stackbook.core import catalog
+    from stackbook.pipelines.spec import scan
+
+    specs, broken_specs = scan()
+    runbooks, broken_runbooks = catalog.scan()
+    return _items(specs, runbooks), broken_specs + broken_runbooks
+
+
+def _items(specs: list, runbooks: list) -> list[Scheduled]:
+    out = [from_pipeline(spec) for spec in specs if spec.schedule]
+    for rb in sorted(runbooks, key=lambda r: r.name):
+        meta = rb.metadata
+        if not meta.get("schedule"):
+            continue
+        out.append(Scheduled(kind="runbook", name=rb.name, schedule=meta["schedule"], description=rb.title,
+                             owner=meta.get("owner"), timeout=meta.get("timeout"),
+                             retries=int(meta.get("retries") or 0), retry_delay_s=float(meta.get("retry_delay_s") or 0),
+                             secrets=list(meta.get("secrets") or []), source=rb))
     return out

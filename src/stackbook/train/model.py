@@ -12,8 +12,13 @@ MLflow tracks into the project-local PostgreSQL (database ``mlflow``, SQLAlchemy
 the psycopg 3 driver) unless ``$MLFLOW_TRACKING_URI`` names another store; artifacts go to
 ``.stackbook/mlflow/artifacts``. The registry alias ``champion`` moves to a new version only
 when its test MAE beats the champion's, measured on the same held-out customers, by at
-least ``min_improvement``; the decision and the reason are returned, tagged on the model
-version and recorded by the runbook either way.
+least ``min_improvement`` *and* a paired test on the held-out customers' absolute errors (a
+one-sided Wilcoxon signed-rank test, ``paired_test``) says the new version's errors are smaller
+at ``significance_level``: a margin on one split can be luck. The decision, the reason and the
+test's result are returned, tagged on the model version and recorded by the runbook either way.
+
+Each run also logs its training features (``training/features.csv``, what the model learnt
+from, one row per customer) for the drift check (``stackbook.train.drift``).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from stackbook.run import db
-from stackbook.core import project
-from stackbook.core.errors import StackbookError
+from stackbook.core import environments, project
+from stackbook.core.errors import TrainingError  # noqa: F401 (re-exported)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in executed notebooks
 
 TARGET = "spend_next"
 BASELINE_FEATURE = "spend_last_horizon"
@@ -56,10 +62,8 @@ PINNED_PACKAGES = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy"
 # mlflow saves scikit-learn models with skops (no pickle); a tree ensemble needs its tree type trusted, and we
 # trust it because this process built the model
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
-
-
-class TrainingError(StackbookError):
-    """Training could not run: missing marts, too little data, an unreachable tracking store."""
+TRAINING_FEATURES_ARTIFACT = "training/features.csv"  # X_train, indexed by customer_id
+PAIRED_TEST = "wilcoxon signed-rank, one-sided, on held-out absolute errors"
 
 
 def tracking_uri() -> str:
@@ -103,6 +107,7 @@ def configure() -> str:
 def experiment_id(name: str) -> str:
     """The experiment's id, created with its artifacts under ``.stackbook/mlflow/artifacts/<name>``."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     configure()
     found = mlflow.get_experiment_by_name(name)
@@ -111,7 +116,7 @@ def experiment_id(name: str) -> str:
     location = (artifacts_root() / name).as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
-    except Exception:  # created meanwhile by another process
+    except MlflowException:  # RESOURCE_ALREADY_EXISTS: created meanwhile by another process
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             raise
@@ -295,9 +300,7 @@ def pinned_requirements() -> list[str]:
 
 
 def _git_commit() -> str | None:
-    from stackbook.run.engine import git_commit
-
-    return git_commit()
+    return project.git_commit()
 
 
 @dataclass
@@ -327,13 +330,14 @@ def log(trained: Trained, experiment: str, registered_model: str, infer_requirem
             "data.table": trained.source.table, "data.rows": str(trained.source.rows),
             "data.checksum": trained.source.checksum, "mlflow.source.git.commit": commit or "unknown",
             "git_commit": commit or "unknown", "stackbook.run_id": os.environ.get("STACKBOOK_RUN_ID", ""),
-            "stackbook.env": os.environ.get("STACKBOOK_ENV", "dev"),
+            "stackbook.env": environments.current_name(),
         })
         dataset = mlflow.data.from_pandas(trained.X_train.reset_index(drop=True), name=trained.source.table,
                                           digest=trained.source.checksum[:8])
         mlflow.log_input(dataset, context="training",
                          tags={"table": trained.source.table, "rows": str(trained.source.rows),
                                "checksum": trained.source.checksum})
+        mlflow.log_text(trained.X_train.to_csv(index_label="customer_id"), TRAINING_FEATURES_ARTIFACT)
         signature = infer_signature(trained.X_test, trained.predictions)
         started = time.perf_counter()
         info = mlflow.sklearn.log_model(
@@ -380,6 +384,10 @@ class Decision:
     improvement: float | None = None  # 1 - new_mae / champion_mae
     min_improvement: float = 0.0
     champion_after: str | None = None
+    test: str | None = None  # the paired test made (None: no champion to compare with on the same customers)
+    p_value: float | None = None  # the chance of errors this much smaller if the two models were equally good
+    significance_level: float = 0.05
+    significant: bool | None = None  # p_value < significance_level
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -397,36 +405,84 @@ def current_champion(registered_model: str):
         return None
 
 
-def champion_mae(registered_model: str, version, trained: Trained) -> tuple[float, str]:
-    """The champion's MAE on this run's held-out customers; its logged test MAE when it cannot be reloaded."""
+def champion_mae(registered_model: str, version, trained: Trained) -> tuple[float, str, Any]:
+    """The champion's MAE on this run's held-out customers, how it was measured, and its absolute errors there
+    (its logged test MAE and None when it cannot be reloaded: the paired test then cannot be made)."""
     import mlflow
-    from sklearn.metrics import mean_absolute_error
+    import numpy as np
 
     try:
         model = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version.version}")
-        return float(mean_absolute_error(trained.y_test, model.predict(trained.X_test))), "same held-out customers"
-    except Exception as exc:  # different features, missing artifacts: fall back to what it logged
+        errors = np.abs(trained.y_test.to_numpy() - np.asarray(model.predict(trained.X_test), dtype=float))
+        return float(errors.mean()), "same held-out customers", errors
+    except Exception as exc:  # different features, missing artifacts: fall back to what it logged, and say why
         run = mlflow.get_run(version.run_id) if version.run_id else None
         logged = run.data.metrics.get("test_mae") if run else None
         if logged is None:
             raise TrainingError(f"cannot evaluate champion {registered_model} v{version.version} ({exc}) and it "
                                 "logged no test_mae") from None
-        return float(logged), f"its logged test_mae (could not re-score it: {type(exc).__name__})"
+        cause = (str(exc).strip().splitlines() or [""])[0][:200]
+        return float(logged), f"its logged test_mae (could not re-score it: {type(exc).__name__}: {cause})", None
 
 
-def decide(trained: Trained, logged: Logged, min_improvement: float) -> Decision:
-    """Move ``champion`` to the new version only if its MAE beats the champion's by ``min_improvement``.
+def paired_test(new_errors, champion_errors) -> float:
+    """One-sided p-value that the new model's absolute errors are smaller than the champion's on the same
+    customers (Wilcoxon signed-rank); 1.0 when the errors are identical."""
+    import numpy as np
+    from scipy.stats import wilcoxon
 
-    The decision is tagged on the new version (``champion_decision``, ``champion_reason``) either way.
+    diff = np.asarray(champion_errors, dtype=float) - np.asarray(new_errors, dtype=float)
+    if not np.any(diff):
+        return 1.0
+    return float(wilcoxon(diff, alternative="greater").pvalue)
+
+
+def _compare(decision: Decision, trained: Trained, champion) -> None:
+    """Fill in DECISION against a champion: the margin, the paired test, the verdict and its reason."""
+    import numpy as np
+
+    version, new_mae = decision.new_version, decision.new_mae
+    old_mae, how, old_errors = champion_mae(decision.registered_model, champion, trained)
+    improvement = 1 - new_mae / old_mae if old_mae > 0 else (0.0 if new_mae == 0 else -1.0)
+    decision.champion_version, decision.champion_mae = str(champion.version), old_mae
+    decision.improvement = improvement
+    if old_errors is not None:
+        new_errors = np.abs(trained.y_test.to_numpy() - np.asarray(trained.predictions, dtype=float))
+        decision.test, decision.p_value = PAIRED_TEST, paired_test(new_errors, old_errors)
+        decision.significant = decision.p_value < decision.significance_level
+    test = (f"paired test p = {decision.p_value:.3g} at level {decision.significance_level:g}" if decision.test
+            else "no paired test: the champion could not be re-scored on these customers")
+    if improvement < decision.min_improvement:
+        decision.reason = (f"kept champion v{champion.version}: version {version} MAE {new_mae:.2f} vs "
+                           f"{old_mae:.2f} ({how}) is a {improvement:.1%} improvement, below the required "
+                           f"{decision.min_improvement:.1%}; {test}")
+    elif decision.significant is False:
+        decision.reason = (f"kept champion v{champion.version}: version {version} MAE {new_mae:.2f} beats "
+                           f"{old_mae:.2f} ({how}) by {improvement:.1%}, but not significantly ({test})")
+    else:
+        decision.promoted = True
+        decision.reason = (f"version {version} MAE {new_mae:.2f} beats champion v{champion.version} MAE "
+                           f"{old_mae:.2f} ({how}) by {improvement:.1%}, at least the required "
+                           f"{decision.min_improvement:.1%}; {test}")
+
+
+def decide(trained: Trained, logged: Logged, min_improvement: float, significance_level: float = 0.05) -> Decision:
+    """Move ``champion`` to the new version only if its MAE beats the champion's by ``min_improvement`` and the
+    paired test on the held-out errors is significant at ``significance_level``.
+
+    The decision is tagged on the new version (``champion_decision``, ``champion_reason``, ``champion_p_value``)
+    either way.
     """
     from mlflow import MlflowClient
 
+    if not 0 < significance_level <= 1:
+        raise TrainingError(f"significance_level must be in (0, 1], got {significance_level!r}")
     client = MlflowClient()
     name, version = logged.registered_model, logged.version
     new_mae = trained.metrics["test_mae"]
     champion = current_champion(name)
     decision = Decision(promoted=False, reason="", registered_model=name, new_version=version, new_mae=new_mae,
-                        min_improvement=min_improvement)
+                        min_improvement=min_improvement, significance_level=significance_level)
     if champion is None:
         decision.promoted = True
         decision.reason = f"no champion yet: version {version} (test MAE {new_mae:.2f}) becomes the champion"
@@ -434,19 +490,9 @@ def decide(trained: Trained, logged: Logged, min_improvement: float) -> Decision
         decision.promoted = True
         decision.reason = f"version {version} already holds the alias"
     else:
-        old_mae, how = champion_mae(name, champion, trained)
-        improvement = 1 - new_mae / old_mae if old_mae > 0 else (0.0 if new_mae == 0 else -1.0)
-        decision.champion_version, decision.champion_mae = str(champion.version), old_mae
-        decision.improvement = improvement
-        if improvement >= min_improvement:
-            decision.promoted = True
-            decision.reason = (f"version {version} MAE {new_mae:.2f} beats champion v{champion.version} MAE "
-                               f"{old_mae:.2f} ({how}) by {improvement:.1%}, at least the required "
-                               f"{min_improvement:.1%}")
-        else:
-            decision.reason = (f"kept champion v{champion.version}: version {version} MAE {new_mae:.2f} vs "
-                               f"{old_mae:.2f} ({how}) is a {improvement:.1%} improvement, below the required "
-                               f"{min_improvement:.1%}")
+        _compare(decision, trained, champion)
+    if decision.p_value is not None:
+        client.set_model_version_tag(name, version, "champion_p_value", f"{decision.p_value:.6g}")
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     client.set_model_version_tag(name, version, "champion_decision", "promoted" if decision.promoted else "kept")

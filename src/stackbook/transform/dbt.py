@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from stackbook.run import db, runstore
 from stackbook.core import environments, project
-from stackbook.core.errors import StackbookError
+from stackbook.core.errors import DbtBuildFailed, DbtError  # noqa: F401 (re-exported)
 
 PROFILE_NAME = "stackbook"
 PASSWORD_ENV = "DBT_ENV_SECRET_STACKBOOK_PASSWORD"
@@ -46,18 +46,6 @@ DBT_ENV = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "1"}
 
 _runner = None
 _lock = threading.Lock()
-
-
-class DbtError(StackbookError):
-    """dbt could not run: a broken project, profile or connection."""
-
-
-class DbtBuildFailed(DbtError):
-    """``dbt build`` ran and at least one model or test failed; ``result`` holds the details."""
-
-    def __init__(self, message: str, result: "BuildResult | None" = None, **kw):
-        super().__init__(message, **kw)
-        self.result = result
 
 
 PROJECT_ENV = "STACKBOOK_DBT_PROJECT"

@@ -1,0 +1,140 @@
+"""The executed notebook of one run, kept as papermill keeps it (``NotebookExecutionManager``).
+
+``NotebookExecution`` owns the notebook a run writes: papermill's parameter
+injection (an ``injected-parameters`` cell after the ``parameters`` cell), the
+``papermill`` metadata of the notebook and of every cell (``notebook_start``,
+``cell_start``, ``cell_exception``, ``cell_complete``, ``notebook_complete``),
+papermill's error markers, and the save to the run store: every secret scrubbed
+first, at the start, every ``AUTOSAVE_EVERY_S`` while cells complete, and at the
+end. Papermill's tools (and people used to them) read the result as their own.
+
+A cell that raised, or was running when the kernel died, the run timed out or
+was cancelled, ends ``failed``: ``cell_exception`` marks it before
+``cell_complete``, which never overwrites ``failed`` with ``completed``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from stackbook.core import notebooks
+from stackbook.run import runstore, scrub
+
+AUTOSAVE_EVERY_S = 10.0
+ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill's, so its tools recognise our markers
+PARAMETERS_TAG = "injected-parameters"
+_ERROR_STYLE = 'style="color:red; font-family:Helvetica Neue, Helvetica, Arial, sans-serif; font-size:2em;"'
+ERROR_MESSAGE_TEMPLATE = (
+    f"<span {_ERROR_STYLE}>An Exception was encountered at '<a href=\"#papermill-error-cell\">In [%s]</a>'.</span>"
+)
+ERROR_ANCHOR_MSG = (
+    f'<span id="papermill-error-cell" {_ERROR_STYLE}>Execution using papermill encountered an exception here '
+    "and stopped:</span>"
+)
+PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _tagged(cell, tag: str) -> bool:
+    return tag in cell.get("metadata", {}).get("tags", [])
+
+
+class NotebookExecution:
+    """One run's notebook and its ``papermill`` metadata; ``save`` writes it, scrubbed, to OUTPUT."""
+
+    def __init__(self, nb, *, output: str, scrubber: scrub.Scrubber, params: dict[str, Any], input_path: str):
+        self.nb, self.output, self.scrubber = nb, output, scrubber
+        self.params, self.input_path = params, input_path
+        self.started: datetime | None = None
+        self.cell_index: int | None = None  # the cell running now, or the last one that ran
+        self._cell_t0 = 0.0
+        self._last_save = 0.0
+
+    @classmethod
+    def from_runbook(cls, runbook: notebooks.Runbook, params: dict[str, Any], *, output: str,
+                     scrubber: scrub.Scrubber) -> NotebookExecution:
+        """RUNBOOK's notebook with PARAMS injected, papermill's way."""
+        import nbformat
+
+        with open(runbook.path, encoding="utf-8") as fh:
+            nb = nbformat.from_dict(json.load(fh))
+        for cell in nb.cells:
+            if isinstance(cell.get("source"), list):
+                cell.source = "".join(cell.source)
+        nb.cells = [c for c in nb.cells if not _tagged(c, PARAMETERS_TAG) and not _tagged(c, ERROR_MARKER_TAG)]
+        lines = ["# Parameters"] + [f"{k} = {v!r}" for k, v in params.items()]
+        cell = nbformat.v4.new_code_cell(source="\n".join(lines) + "\n")
+        cell.metadata["tags"] = [PARAMETERS_TAG]
+        cell.pop("id", None)
+        index = runbook.parameters_cell_index if runbook.parameters_cell_index is not None else -1
+        nb.cells.insert(index + 1, cell)
+        return cls(nb, output=output, scrubber=scrubber, params=params, input_path=str(runbook.path))
+
+    def code_cells(self) -> list[tuple[int, Any]]:
+        """(index, cell) of every code cell, in order (indices as they are before any error marker)."""
+        return [(i, c) for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
+
+    def notebook_start(self) -> None:
+        """Papermill's notebook and cell metadata, every cell ``pending``; the first save."""
+        self.started = _now()
+        self.nb.metadata["papermill"] = {
+            "parameters": self.params, "input_path": self.input_path, "output_path": self.output,
+            "start_time": self.started.isoformat(), "end_time": None, "duration": None, "exception": None,
+            "environment_variables": {}, "version": "stackbook",
+        }
+        for cell in self.nb.cells:
+            cell.metadata["papermill"] = {"status": PENDING, "exception": None, "start_time": None,
+                                          "end_time": None, "duration": None}
+        self.save()
+
+    def cell_start(self, cell, index: int) -> None:
+        self.cell_index, self._cell_t0 = index, time.monotonic()
+        cell.metadata["papermill"].update(status=RUNNING, start_time=_now().isoformat())
+
+    def cell_exception(self, cell, index: int) -> None:
+        """The running cell raised, or the kernel died, the run timed out or was cancelled under it."""
+        cell.metadata["papermill"].update(status=FAILED, exception=True)
+        self.nb.metadata["papermill"]["exception"] = True
+
+    def cell_complete(self, cell, index: int) -> float:
+        """End time and duration of the cell (``completed`` unless it failed); an autosave when due."""
+        seconds = time.monotonic() - self._cell_t0
+        meta = cell.metadata["papermill"]
+        meta.update(end_time=_now().isoformat(), duration=round(seconds, 3))
+        if meta["status"] != FAILED:
+            meta["status"] = COMPLETED
+            if time.monotonic() - self._last_save > AUTOSAVE_EVERY_S:
+                self.save()
+        return seconds
+
+    def mark_error(self, index: int) -> None:
+        """Papermill's markers: a banner first, an anchor right before the failing cell INDEX."""
+        import nbformat
+
+        count = self.nb.cells[index].get("execution_count")
+        anchor = nbformat.v4.new_markdown_cell(ERROR_ANCHOR_MSG)
+        anchor.metadata["tags"] = [ERROR_MARKER_TAG]
+        banner = nbformat.v4.new_markdown_cell(ERROR_MESSAGE_TEMPLATE % count)
+        banner.metadata["tags"] = [ERROR_MARKER_TAG]
+        self.nb.cells.insert(index, anchor)
+        self.nb.cells.insert(0, banner)
+
+    def notebook_complete(self, run: dict[str, Any]) -> None:
+        """The run's record in ``metadata.stackbook.run``, papermill's duration and end time; the final save."""
+        self.nb.metadata["papermill"]["duration"] = (_now() - self.started).total_seconds() if self.started else None
+        self.nb.metadata.setdefault("stackbook", {})
+        self.nb.metadata["stackbook"]["run"] = run
+        self.save(final=True)
+
+    def save(self, final: bool = False) -> None:
+        """The notebook, every secret scrubbed, to the run store."""
+        self.nb.metadata["papermill"]["end_time"] = _now().isoformat() if final else None
+        text = json.dumps(self.scrubber.obj(self.nb), indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+        runstore.write_text(self.output, text)
+        self._last_save = time.monotonic()
