@@ -29,6 +29,7 @@ $(UV): $(BIN)/python
 $(STAMP): requirements.lock pyproject.toml | $(UV)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip sync --quiet --compile-bytecode requirements.lock
 	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --no-deps -e .
+	$(BIN)/python -m bash_kernel.install --sys-prefix >/dev/null  # the tests' non-Python kernel (idempotent)
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)  ## create .venv and install the locked dependencies
@@ -91,6 +92,7 @@ bench: up airflow  ## ratio benchmarks against their floors (not part of make te
 	$(BIN)/python benchmarks/runner_overhead.py
 	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/loader_memory.py
+	$(BIN)/python benchmarks/loader_folder.py
 	$(BIN)/python benchmarks/dbt_mlflow.py
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/book_rebuild.py
@@ -100,6 +102,7 @@ bench: up airflow  ## ratio benchmarks against their floors (not part of make te
 	$(BIN)/python benchmarks/audit_secrets_scan.py
 	$(BIN)/python benchmarks/airflow_overhead.py
 	$(BIN)/python benchmarks/notify_overhead.py
+	$(BIN)/python benchmarks/evidence_chain.py
 	$(BIN)/python benchmarks/quality_overhead.py
 	$(BIN)/python benchmarks/serving_latency.py
 

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,16 +57,14 @@ def main() -> int:
     make_copy(tmp)
     os.environ["STACKBOOK_PROJECT"] = str(tmp)
     os.environ.setdefault("STACKBOOK_HOME", str(ROOT / ".stackbook"))  # the database and the run store
+    from datetime import datetime
+
+    from stackbook.book import build, evidence, generate
     from stackbook.core import catalog
-    from stackbook.book import build, generate
-
-    from datetime import datetime, timezone
-
     from stackbook.run import db
-    from stackbook.book import evidence
 
     target = catalog.find(args.runbook)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with db.connect() as conn:  # read once: other work recording runs meanwhile must not change the pages
         ledger = evidence.read(conn, args.env, [p.stem for p in catalog.paths()], now)
     src, out = tmp / "src", tmp / "out"

@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from stackbook.run import db, pgcluster
 from stackbook.dr import drill as dr
+from stackbook.run import db, pgcluster
 
 
 def make_source(rows: int) -> str:

@@ -1,4 +1,4 @@
-"""A folder of CSV files: `psql \\copy` one after another (the floor) vs `load_folder` vs `stackbook run load_csv_folder`.
+"""A folder of CSV files: `psql \\copy` one after another (the floor), `load_folder`, `stackbook run load_csv_folder`.
 
 The folder (issue 14) is generated once into ``<state dir>/bench/loader_folder``: 8 files, about 860,000
 rows and 100 MB, one file of about 75 MB; integers, decimals, dates and text; a spec file giving every

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from stackbook.run import db, pgcluster  # noqa: E402
 from stackbook.core import project
 from stackbook.ingest import load_folder  # noqa: E402
+from stackbook.run import db, pgcluster  # noqa: E402
 
 COLUMNS = ["id", "customer", "city", "amount", "quantity", "paid", "order_day", "ordered_at"]
 DDL = ("id bigint, customer text, city text, amount numeric, quantity bigint, paid boolean, order_day date, "

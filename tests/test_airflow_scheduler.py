@@ -54,8 +54,13 @@ class AirflowAPI:
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
+        for _ in range(1 if method == "POST" else 4):  # a GET is asked again: one API worker on a busy machine
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return json.loads(resp.read())
+            except TimeoutError:
+                continue
+        pytest.fail(f"Airflow's API did not answer {method} {path} within 60 s")
 
     def get(self, path: str):
         return self._call("GET", "/api/v2" + path, token=self.token)

@@ -21,8 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stackbook.audit import RULES, SEVERITIES, Finding, at_or_above, finding
-from stackbook.audit import operations, postgres, report as audit_report, secrets_scan
+from stackbook.audit import RULES, SEVERITIES, Finding, at_or_above, finding, operations, postgres, secrets_scan
+from stackbook.audit import report as audit_report
 
 # ------------------------------------------------------------------ helpers
 

@@ -14,16 +14,16 @@ import os
 import secrets
 import shutil
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from stackbook.book import evidence, pages, toc
 from stackbook.core import catalog, project
 from stackbook.run import scrub
-from stackbook.book import evidence, pages, toc
-from tests.conftest import ROOT, run_cli
 from tests import test_runbook_contract as contract_tests
+from tests.conftest import ROOT, run_cli
 
 COPY = ["pyproject.toml", "_config.yml", "_toc.yml", "book", "runbooks", "infra/environments"]
 CANARY = ROOT / "tests" / "fixtures" / "book" / "canary_book.ipynb"
@@ -109,7 +109,7 @@ def scratch_env_rows(db):
 
     def add(status: str, hours_ago: float, **extra) -> str:
         run_id = f"{env}-{uuid.uuid4().hex[:6]}"
-        started = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
+        started = datetime.now(UTC) - timedelta(hours=hours_ago)
         db.execute(
             """insert into stackbook.runs (id, runbook, env, status, started_at, finished_at, duration_s, host,
                                            results, error)
@@ -157,7 +157,7 @@ def test_freshness_window_from_schedule_when_no_freshness_hours():
     assert evidence.window_hours({"schedule": "*/30 * * * *"}) == 1.0
     assert evidence.window_hours({"schedule": "0 3 * * *", "freshness_hours": 30}) == 30
     assert evidence.window_hours({"schedule": None}) is None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     run = {"id": "r1", "env": "dev", "status": "succeeded", "started_at": now - timedelta(days=400),
            "finished_at": now - timedelta(days=400)}
     assert evidence.freshness({"schedule": None}, [run], "dev", now).state == "fresh"  # no window: never stale

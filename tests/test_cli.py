@@ -108,7 +108,7 @@ def test_bad_input_exits_2_and_runs_nothing(cli, db, args, needle):
 
 
 def test_malformed_notebooks_exit_2_naming_the_file(cli):
-    res = cli("run", nb("no_parameters"))
+    res = cli("run", nb("no_parameters"), "-p", "x=2")  # without values it runs, as with papermill
     assert res.code == 2 and "no_parameters.ipynb" in res.err and "no code cell tagged 'parameters'" in res.err
     res = cli("run", nb("malformed"))
     assert res.code == 2 and "malformed.ipynb" in res.err and "malformed JSON" in res.err
@@ -138,9 +138,9 @@ def test_failing_runbook_exits_1_with_cell_and_error(cli):
     assert rec["error"]["ename"] == "ValueError" and rec["error"]["evalue"] == "kaput"
     assert rec["results"] == {"before": 1}
     executed = json.loads(Path(rec["output"]).read_text())
-    # papermill convention: cell_index counts cells before the banner (first) and anchor (before the cell)
-    failing = executed["cells"][rec["error"]["cell_index"] + 2]
-    assert "papermill-error-cell" in "".join(executed["cells"][rec["error"]["cell_index"] + 1]["source"])
+    # cell_index is the failing cell's index in the notebook as stored: after the banner (first) and the anchor
+    failing = executed["cells"][rec["error"]["cell_index"]]
+    assert "papermill-error-cell" in "".join(executed["cells"][rec["error"]["cell_index"] - 1]["source"])
     assert "raise ValueError" in "".join(failing["source"])
     assert "papermill-error-cell-tag" in executed["cells"][0]["metadata"]["tags"]
     assert executed["metadata"]["stackbook"]["run"]["status"] == "failed"

@@ -160,8 +160,8 @@ def test_profiles_come_from_the_environment_without_the_password(database_url):
 
     assert folder == project.state_dir() / "dbt" / "dev"
     text = (folder / "profiles.yml").read_text()
-    from stackbook.run import db
     from stackbook.core import environments
+    from stackbook.run import db
 
     assert f"threads: {environments.load('dev').get('dbt_threads')}" in text
     assert db.password(db.url()) not in text

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stackbook.run import db as sdb
 from stackbook.dr import drill as dr
+from stackbook.run import db as sdb
 
 
 def _databases(prefix: str) -> list[str]:

@@ -68,7 +68,7 @@ def test_every_error_has_a_docstring_and_a_documented_exit_code():
     for cls in _exception_classes().values():
         if issubclass(cls, errors.StackbookError):
             assert cls.exit_code in errors.EXIT_CODES, cls
-            assert cls.__doc__ and "\n" not in cls.__doc__.strip(), f"{cls.__name__}: one-line docstring"
+            assert (cls.__doc__ or "").strip(), f"{cls.__name__} has no docstring saying what it means"
 
 
 def test_the_old_import_paths_keep_working():

@@ -156,6 +156,65 @@ def test_changed_file_without_keys_replaces_the_table(tmp_path, db, scratch_sche
     assert table_counts(scratch_schema, ["events"], conn=db) == {"events": 3}
 
 
+def test_parallel_jobs_give_the_same_tables_manifest_and_quarantine_as_one(tmp_path, db, scratch_schema):
+    good = make_faults(tmp_path)
+    write(tmp_path, "people.csv", PEOPLE)
+    keys = {"people": ["id"], "bad_date": ["id"]}
+    tables = [*good, "people"]
+    seen = {}
+    for jobs, schema in ((1, scratch_schema), (3, f"{scratch_schema}_j3")):
+        try:
+            report = load_folder(tmp_path, schema=schema, keys=keys, max_bad_ratio=0.5, conn=db, jobs=jobs)
+            seen[jobs] = (
+                [(t["table"], t["status"], t["method"], t["rows_loaded"], t["rows_quarantined"])
+                 for t in report.tables],
+                {t: table_checksum(schema, t, conn=db) for t in tables},
+                [row[:3] for row in quarantined(db, schema)],
+                db.execute(f'select table_name, status, rows_loaded from "{schema}".{LOADS} order by table_name'
+                           ).fetchall())
+            rerun = load_folder(tmp_path, schema=schema, keys=keys, max_bad_ratio=0.5, conn=db, jobs=jobs)
+            assert rerun.rows_loaded == 0 and {t["status"] for t in rerun.tables} >= {"skipped"}
+        finally:
+            if schema != scratch_schema:
+                db.execute(f'drop schema if exists "{schema}" cascade')
+    assert seen[1] == seen[3]
+    assert [t for t, *_ in seen[3][0]] == sorted(tables + ["empty", "header_only"])  # report in file order
+    assert len(seen[3][2]) == 3
+
+
+def test_jobs_must_be_a_small_whole_number(tmp_path, db, scratch_schema):
+    write(tmp_path, "people.csv", PEOPLE)
+    for bad in (1.5, -1, 10_000, "2"):
+        with pytest.raises(SourceError, match="jobs must be a whole number"):
+            load_folder(tmp_path, schema=f"{scratch_schema}_never", jobs=bad, conn=db)
+    assert db.execute("select to_regnamespace(%s)", [f"{scratch_schema}_never"]).fetchone() == (None,)
+
+
+def test_first_load_of_a_keyed_table_copies_straight_in_and_still_quarantines(tmp_path, db, scratch_schema):
+    write(tmp_path / "clean", "people.csv", PEOPLE)
+    entry = load_folder(tmp_path / "clean", schema=scratch_schema, keys={"people": "id"}, conn=db).table("people")
+    assert (entry["method"], entry["rows_inserted"], entry["rows_updated"], entry["table_rows"]) == ("copy", 4, 0, 4)
+    assert db.execute("select constraint_type from information_schema.table_constraints where table_schema = %s "
+                      "and table_name = 'people' and constraint_type <> 'CHECK'", [scratch_schema]).fetchall() == [
+        ("PRIMARY KEY",)]
+    # a new keyed table whose file has a bad date, a repeated key and an empty key: checked, quarantined, merged
+    lines = PEOPLE.splitlines()
+    write(tmp_path / "bad", "folk.csv", "\n".join(lines + [
+        "5,Eve,not-a-date,1,true,2024-01-05 00:00:00", lines[1].replace("9.5", "1.5"),
+        ",Nobody,2000-01-01,1,true,2024-01-06 00:00:00"]) + "\n")
+    report = load_folder(tmp_path / "bad", schema=scratch_schema, keys={"folk": "id"}, max_bad_ratio=0.5,
+                         spec={"folk": {"born": "date"}}, conn=db)
+    entry = report.table("folk")
+    assert (entry["status"], entry["method"], entry["rows_quarantined"], entry["table_rows"]) == (
+        "loaded", "checked", 2, 4)
+    assert [(f, line, reason) for f, line, reason, _ in quarantined(db, scratch_schema)] == [
+        ("folk.csv", 6, "column born: 'not-a-date' is not a valid date"), ("folk.csv", 8, "key column id is empty")]
+    assert db.execute(f'select score from "{scratch_schema}".folk where id = 1').fetchone() == (1.5,)
+    assert db.execute("select constraint_type from information_schema.table_constraints where table_schema = %s "
+                      "and table_name = 'folk' and constraint_type <> 'CHECK'", [scratch_schema]).fetchall() == [
+        ("PRIMARY KEY",)]
+
+
 def make_faults(folder: Path) -> dict[str, int]:
     """The planted-faults folder; returns the good rows per table."""
     write(folder, "extra_column.csv", "id,name\n1,a\n2,b,EXTRA\n3,c\n")
@@ -163,7 +222,7 @@ def make_faults(folder: Path) -> dict[str, int]:
     rows = [f"{i},2024-01-{1 + i % 28:02d}" for i in range(1, 1201)]
     rows[1099] = "1100,2024-13-45"
     write(folder, "bad_date.csv", "id,happened_on\n" + "\n".join(rows) + "\n")
-    write(folder, "latin1.csv", "id,city\n".encode() + "1,Lisbon\n".encode() + b"2,Caf\xe9 Town\n"
+    write(folder, "latin1.csv", b"id,city\n" + b"1,Lisbon\n" + b"2,Caf\xe9 Town\n"
           + "3,Zürich\n".encode())
     write(folder, "empty.csv", b"")
     write(folder, "header_only.csv", "id,name\n")

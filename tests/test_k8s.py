@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stackbook.core import environments
 from stackbook.audit import RULES
 from stackbook.audit import kubernetes as k8s_rules
-from stackbook.k8s import KubernetesError, ManifestError, apply, render, resource_id, validate
+from stackbook.core import environments
 from stackbook.core.notebooks import Runbook
+from stackbook.k8s import KubernetesError, ManifestError, apply, render, resource_id, validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
 ENVS = ("dev", "staging", "prod")

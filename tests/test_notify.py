@@ -306,15 +306,16 @@ def test_message_of_a_failed_run_says_what_on_call_needs_first(tmp_path):
     run = RunView.of({"id": "20260101T000000-abcdef", "runbook": "pipe_fail", "env": "prod", "status": "failed",
                       "duration_s": 75.2, "path": FAIL, "output": str(tmp_path / "missing.ipynb"),
                       "approved_by": "alice", "host": "runner-1",
-                      "error": {"cell_index": 4, "ename": "AssertionError", "evalue": "failing on purpose"}})
+                      # cell_index as the executed notebook stores it: papermill's two error markers precede the cell
+                      "error": {"cell_index": 6, "ename": "AssertionError", "evalue": "failing on purpose"}})
     env = env_of("prod", {"book_url": "https://handbook.example.com/"})
     msg = message.for_run("failed", run, env)
     assert msg.title == "✖ pipe_fail failed on prod" and msg.kind == "failure"
     lines = dict(line.split(":", 1) for line in msg.body.splitlines())
     assert {k: v.strip() for k, v in lines.items()} == {
-        "runbook": "pipe_fail", "environment": "prod", "status": "failed at cell 4",
+        "runbook": "pipe_fail", "environment": "prod", "status": "failed at cell 6",
         "operator": lines["operator"].strip(), "duration": "1 min 15 s",
-        "failing cell": '4: assert not fail, "failing on purpose"',  # from the source: the notebook is gone
+        "failing cell": '6: assert not fail, "failing on purpose"',  # from the source: the notebook is gone
         "error": "AssertionError: failing on purpose", "run": run.id, "notebook": run.output,
     }
     assert lines["operator"].strip().endswith("@runner-1 (approved by alice)")

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from stackbook.run import db as sdb
 from stackbook.core import project
 from stackbook.provision import warehouse as provision
+from stackbook.run import db as sdb
 
 LOADER, TRANSFORMER, READER = (r.name for r in provision.ROLES)
 

@@ -10,8 +10,9 @@ modules register themselves at import: ``kubernetes``, ``postgres``,
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 SEVERITIES = ("low", "medium", "high", "critical")
 

@@ -15,8 +15,8 @@ limits and pinned image tags. Each rule yields one finding per workload:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from stackbook.audit import Finding, Rule, finding, register, run_checks
 from stackbook.k8s import ManifestError, resource_id

@@ -28,8 +28,9 @@ hand-made ledger statistics as well as real ledger rows.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from stackbook.audit import Finding, Rule, finding, register, run_checks
 
@@ -52,7 +53,7 @@ def cron_interval_hours(schedule: str, start: datetime | None = None) -> float:
 
     if not croniter.is_valid(schedule):
         raise ValueError(f"invalid cron expression {schedule!r}")
-    it = croniter(schedule, start or datetime(2026, 1, 1, tzinfo=timezone.utc))
+    it = croniter(schedule, start or datetime(2026, 1, 1, tzinfo=UTC))
     times = [it.get_next(datetime) for _ in range(CRON_SAMPLES + 1)]
     return max((b - a).total_seconds() for a, b in zip(times, times[1:])) / 3600
 

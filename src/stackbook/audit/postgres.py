@@ -18,13 +18,16 @@ administrative roles (``rds_superuser``, ``azure_pg_admin`` ...): name them in
 treated the same way. Predefined ``pg_*`` roles are never application roles.
 
 Reading ``pg_authid`` (password hashes) and ``pg_hba_file_rules`` needs a
-superuser (or an explicit grant). Without it those rules report ``skip`` with
-the reason, never a false ``pass``.
+superuser (or, for the second, an explicit grant on the view and its function).
+Without it those rules report ``skip`` with the reason and the GRANT, never a
+false ``pass``; everything else reads what an ordinary login can read
+(``pg_settings`` with ``pg_read_all_settings``, ``pg_roles``, ``pg_namespace``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from stackbook.audit import Finding, Rule, finding, register, run_checks
 from stackbook.audit import rule_ids as audit_rule_ids
@@ -266,9 +269,12 @@ def _hba_line(row: dict) -> str:
 def _hba_rule(obs: dict, rule_id: str, methods: tuple[str, ...]) -> Iterator[Finding]:
     rows = obs.get("hba")
     if rows is None:
+        role = _audit_role(obs)
         yield finding(rule_id, "skip", "postgres/pg_hba.conf",
-                      f"pg_hba_file_rules is not readable by this role ({obs.get('hba_error') or 'no data'}); "
-                      "run the audit as a superuser or GRANT SELECT ON pg_hba_file_rules TO the audit role")
+                      f"pg_hba_file_rules is not readable by role {role} ({obs.get('hba_error') or 'no data'}); "
+                      f"run the audit as a superuser, or a DBA grants it: GRANT SELECT ON pg_hba_file_rules TO "
+                      f"{role}; GRANT EXECUTE ON FUNCTION pg_hba_file_rules() TO {role}; (a managed service may "
+                      "allow neither: check its authentication settings in its console)")
         return
     bad = 0
     for row in rows:
@@ -304,10 +310,17 @@ def hba_no_weak_password(obs: dict) -> Iterator[Finding]:
 # ---------------------------------------------------------------- passwords
 
 
+def _audit_role(obs: dict) -> str:
+    """The role the audit connected as, quoted for SQL (\"the audit role\" for an observation without it)."""
+    name = (obs.get("server") or {}).get("user")
+    return '"' + name.replace('"', '""') + '"' if name else "the audit role"
+
+
 def _authid_skip(obs: dict, rule_id: str) -> Finding:
     return finding(rule_id, "skip", "postgres/pg_authid",
-                   f"pg_authid is not readable by this role ({obs.get('authid_error') or 'no data'}); "
-                   "password state can only be verified by a superuser: run the audit as one")
+                   f"pg_authid is not readable by role {_audit_role(obs)} "
+                   f"({obs.get('authid_error') or 'no data'}); password state can only be verified by a "
+                   "superuser: run the audit as one (a managed service reports it in its own console)")
 
 
 @register(_rule("PG-010", "Every login role has a password", "medium",

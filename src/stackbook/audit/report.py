@@ -32,14 +32,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from stackbook.audit import RULES, SEVERITIES, Finding, Rule, at_or_above, finding, register
-from stackbook.core.errors import (AuditFailed, AuditRedactionError, DatabaseUnavailable, ManifestError, StackbookError,
-                                   UsageError)
+from stackbook.core.errors import (
+    AuditFailed,
+    AuditRedactionError,
+    DatabaseUnavailable,
+    ManifestError,
+    StackbookError,
+    UsageError,
+)
 
 AREAS = ("kubernetes", "postgres", "secrets", "operations")
 FAILED = ("fail", "error")
@@ -272,7 +279,7 @@ class Report:
         return (f"<audit report {self.env}: {verdict} at fail_on={self.fail_on}; {self.checks_total} checks, "
                 f"{c['pass']} pass, {c['fail']} fail, {c['error']} error, {c['skip']} skip; {self.path}>")
 
-    def check(self, fail_on: str | None = None) -> "Report":
+    def check(self, fail_on: str | None = None) -> Report:
         """Raise ``AuditFailed`` when a check at or above ``fail_on`` failed; return self otherwise."""
         bad = self.failing(fail_on)
         if bad:
@@ -378,7 +385,7 @@ def run(env: str | None = None, *, areas: Iterable[str] | None = None, manifests
     opts = {"manifests_dir": manifests_dir, "conn": conn,
             "admin_roles": sorted(set(settings.get("admin_roles") or []) | set(admin_roles or [])),
             "known_secrets": known}
-    generated = datetime.now(timezone.utc)
+    generated = datetime.now(UTC)
     findings, timings = _run_areas(env, selected, opts)
     apply_overrides(findings, overrides)
     scrub = Scrubber(known)  # last line of defence: no known secret value in the evidence
@@ -437,14 +444,14 @@ def _run_areas(env: str, selected: list[str], opts: dict) -> tuple[list[Finding]
     findings: list[Finding] = []
     timings: dict[str, float] = {}
     for area in selected:
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         try:
             findings.extend(AREA_RUNNERS[area](env, opts))
         except UsageError:
             raise
         except Exception as exc:  # recorded: the error is a finding, counted as failed
             findings.append(finding("AUDIT-001", "error", f"area/{area}", f"{type(exc).__name__}: {exc}"))
-        timings[area] = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+        timings[area] = round((datetime.now(UTC) - started).total_seconds(), 3)
     return findings, timings
 
 

@@ -46,9 +46,10 @@ import os
 import re
 import subprocess
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from stackbook.audit import Finding, Rule, finding, register, run_checks
 from stackbook.core.errors import DatabaseUnavailable, NotebookError, SecretError

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from stackbook.core.freshness import (  # noqa: F401 (moved to core: the notify package uses them too)
-    FINISHED_FAILED, STATES, Freshness, _parse_time, freshness, window_hours,
+    FINISHED_FAILED,
+    STATES,
+    Freshness,
+    _parse_time,
+    freshness,
+    window_hours,
 )
 
 HISTORY_LIMIT = 50  # rows on the run-history page
@@ -42,7 +46,7 @@ def _record(row: dict) -> dict:
     rec = dict(row)
     for col in ("started_at", "finished_at"):
         if isinstance(rec.get(col), datetime):
-            rec[col] = rec[col].astimezone(timezone.utc)
+            rec[col] = rec[col].astimezone(UTC)
     for col in ("params", "results", "error"):
         if isinstance(rec.get(col), str):
             rec[col] = json.loads(rec[col])
@@ -100,7 +104,7 @@ def read_chart(conn, env: str, runbooks: list[str], since: datetime) -> ChartDat
         days = cur.execute(_CHART_DAYS_SQL, args).fetchall()
         per_day = sum(d["runs"] for d in days) > CHART_POINTS
         rows = days if per_day else cur.execute(_CHART_RUNS_SQL, args).fetchall()
-    points = [ChartPoint(runbook=r["runbook"], at=r["at"].astimezone(timezone.utc), runs=int(r["runs"]),
+    points = [ChartPoint(runbook=r["runbook"], at=r["at"].astimezone(UTC), runs=int(r["runs"]),
                          succeeded=int(r["succeeded"]), median_s=r["median_s"], max_s=r["max_s"]) for r in rows]
     return ChartData(points=points, per_day=per_day)
 
@@ -136,7 +140,7 @@ def read(conn, env: str, runbooks: list[str], now: datetime | None = None) -> Le
 
     ledger.ensure_schema(conn)
     cols = ", ".join(_COLUMNS)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     # per runbook, three index lookups (runbook, env, started_at desc) rather than sorting every row of env
     rows = _query(conn, f"""
         select r.* from unnest(%(names)s::text[]) as n(name) cross join lateral (

@@ -23,16 +23,15 @@ import logging
 import struct
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stackbook.core import catalog, notebooks, project
-from stackbook.core.errors import DatabaseUnavailable
-from stackbook.core.files import atomic_write_bytes, load_yaml
-from stackbook.run import runstore
-from stackbook.run import scrub
 from stackbook.book import BookError, charts, datadocs, drift, evidence, pages, toc
+from stackbook.core import catalog, notebooks, project
+from stackbook.core.errors import DatabaseUnavailable, UsageError
+from stackbook.core.files import atomic_write_bytes, load_yaml
+from stackbook.run import runstore, scrub
 
 log = logging.getLogger("stackbook.book")
 
@@ -198,15 +197,17 @@ def _config(root: Path) -> str:
 
 
 def _read_executed(run: dict | None) -> dict | None:
+    """A run's executed notebook from the run store (an s3:// one downloaded: the book copies it into
+    ``_runs/``, so the built book links its own copy); None when it is gone or unreadable."""
     if not run or not run.get("output"):
         return None
     try:
-        return runstore.read_notebook(run["output"])
+        return runstore.read_notebook(run["output"], runstore.env_endpoint(run.get("env")))
     except FileNotFoundError:
         # removed from the run store since (retention, a test's clean-up): the run is listed without a link
         log.info("executed notebook of run %s is no longer in the run store (%s)", run["id"], run["output"])
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UsageError) as exc:  # UsageError: a bucket that refuses (runstore.read_bytes)
         log.warning("executed notebook of run %s not readable (%s): %s", run["id"], run["output"], exc)
         return None
 
@@ -219,7 +220,7 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
     read from ``conn`` or a connection of its own.
     """
     root = project.root()
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     paths = [Path(p).resolve() for p in (runbook_paths if runbook_paths is not None else catalog.paths())]
     runbooks = _load_runbooks(paths)
     names = [rb.name for rb in runbooks]

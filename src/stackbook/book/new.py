@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stackbook.core import catalog, project, scaffold
 from stackbook.book import BookUsageError, toc
+from stackbook.core import catalog, project, scaffold
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_NAME_BYTES = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1); also a Kubernetes label value's

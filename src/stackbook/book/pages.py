@@ -10,8 +10,9 @@ so that an unchanged state gives an unchanged page (and no rebuild).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from stackbook.book.evidence import Freshness, Ledger
 
@@ -57,7 +58,7 @@ def when(value: Any) -> str:
         return "–"
     if not isinstance(value, datetime):
         value = datetime.fromisoformat(str(value))
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def seconds(value: float | None) -> str:

@@ -11,8 +11,9 @@ dropped and runbooks missing from it appended, so that a book always builds.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from stackbook.core import project
 from stackbook.core.errors import BookError

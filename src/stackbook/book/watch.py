@@ -15,9 +15,9 @@ reported and watching goes on; the next change builds again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from stackbook.book import build, generate
 from stackbook.core.errors import StackbookError

@@ -37,6 +37,7 @@ class LazyGroup(click.Group):
         "notify": ("stackbook.cli.notify", "notify", "Notifications: test the routes of an environment."),
         "book": ("stackbook.cli.book", "book", "Build the Jupyter Book with the evidence of the latest runs."),
         "new": ("stackbook.cli.book", "new", "Scaffold a runbook that passes the runbook contract."),
+        "verify": ("stackbook.cli.verify", "verify", "Check the evidence chain and the executed notebooks."),
     }
 
     def list_commands(self, ctx):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stackbook.cli.common import emit_json, sigterm_as_interrupt, handle_errors
+from stackbook.cli.common import emit_json, handle_errors, sigterm_as_interrupt
 from stackbook.core.environments import DEFAULT_ENV
 
 
@@ -43,10 +43,10 @@ def book(env: str, open_: bool, fresh: bool, fix_toc: bool, out: str | None, src
     long-running process after every change (under a second for one runbook),
     and a failed build is reported without stopping the watch.
     """
-    from stackbook.core import catalog, environments, project
     from stackbook.book import build as build_mod
     from stackbook.book import generate as gen
     from stackbook.book import toc
+    from stackbook.core import catalog, environments, project
 
     environments.load(env)  # an unknown environment fails here, exit 2
     if fix_toc:

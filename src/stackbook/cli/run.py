@@ -77,6 +77,9 @@ def _finite(ctx, param, value: float | None) -> float | None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Seconds the whole run may take; default: the runbook's metadata timeout, else no limit.")
 @click.option("--log-output", is_flag=True, help="Stream cell output to standard error as it arrives.")
+@click.option("--cwd", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="The kernel's working directory; default: the project root for a runbook, the current "
+                   "directory for a notebook given by path (as papermill).")
 @click.option("--approved-by", default=None, metavar="NAME",
               help="Approver of a destructive, non-dry run in an environment that requires approval.")
 @click.option("--pipeline-run", "pipeline_run", default=None, metavar="ID",
@@ -89,11 +92,12 @@ def _finite(ctx, param, value: float | None) -> float | None:
                    "(needs kube_context in the environment file and an s3:// run store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON (only it, on stdout).")
 @handle_errors
-def run(name, env, params, params_file, cell_timeout, timeout, log_output, approved_by, pipeline_run, attempt, on,
-        as_json) -> None:
+def run(name, env, params, params_file, cell_timeout, timeout, log_output, cwd, approved_by, pipeline_run, attempt,
+        on, as_json) -> None:
     """Run runbook NAME headlessly: parameters are checked before any kernel starts.
 
-    NAME is a runbook's file stem or a path to any .ipynb file. Precedence of
+    NAME is a runbook's file stem or a path to any .ipynb file (one without a
+    parameters cell runs when given no values). Precedence of
     values: -p over -f over the environment file over the notebook's defaults.
     Exit codes: 0 succeeded, 1 failed or timed out, 2 bad input (nothing ran),
     3 refused (exclusive runbook already running, or approval missing).
@@ -103,9 +107,14 @@ def run(name, env, params, params_file, cell_timeout, timeout, log_output, appro
     from stackbook.run import engine as runner
 
     sigterm_as_interrupt()
+    if cwd and on == "kubernetes":
+        from stackbook.core.errors import UsageError
+
+        raise UsageError("--cwd names a folder of this machine; a run --on kubernetes works in the platform "
+                         "image's project root: leave out --cwd (nothing was executed)")
     environment = environments.load(env)
     options = runner.RunOptions(env=env, cli_params=list(params), params_file=params_file, cell_timeout=cell_timeout,
-                                timeout=timeout, log_output=log_output, approved_by=approved_by,
+                                timeout=timeout, log_output=log_output, cwd=cwd, approved_by=approved_by,
                                 pipeline_run_id=pipeline_run, attempt=attempt,
                                 scrub_values=notify.channel_secrets(environment))  # a wrong route: exit 2 here
     started = _Started()

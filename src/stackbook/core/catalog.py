@@ -1,6 +1,8 @@
 """The runbook catalogue: every notebook under ``runbooks/``, by name.
 
-``all_runbooks`` is strict (what generates schedules or manifests must not skip a
+``load`` holds a notebook under ``runbooks/`` to the runbook contract (exactly
+one parameters cell) and lets any other notebook given by path run as papermill
+would. ``all_runbooks`` is strict (what generates schedules or manifests must not skip a
 runbook); ``scan`` is for listings: a file that cannot be read becomes a
 :class:`Broken` entry carrying its error, and the rest are still listed.
 """
@@ -82,5 +84,12 @@ def find(name: str) -> Path:
     return hits[0]
 
 
+def is_runbook_path(path: Path) -> bool:
+    """Whether PATH lies under ``runbooks/`` (a runbook, held to the contract), not a notebook from elsewhere."""
+    return path.resolve().is_relative_to(project.runbooks_dir().resolve())
+
+
 def load(name: str) -> notebooks.Runbook:
-    return notebooks.load(find(name), project.runbooks_dir())
+    """Runbook NAME, or the notebook at a path: one from outside ``runbooks/`` may lack a parameters cell."""
+    path = find(name)
+    return notebooks.load(path, project.runbooks_dir(), require_parameters=is_runbook_path(path))

@@ -11,6 +11,7 @@ An environment file holds what differs between dev, staging and prod::
     params: {rows: 1000}         # values for every runbook that has these parameters
     runbooks:                    # values for one runbook
       load_jaffle_shop: {years: 1}
+    identity: declared           # database: the operator is the PostgreSQL role of the run's session (verified)
     kernel_env: [AWS_PROFILE]    # more variables of the runner's environment for the kernel (stackbook.run.kernel)
     book_url: https://handbook.example.com   # where the book is served: messages link to runbook pages
     notify:                      # routes of notifications (checked by stackbook.notify.routes)
@@ -31,6 +32,8 @@ from stackbook.core.files import load_yaml
 DEFAULT_ENV = "dev"
 #: an environment name is the stem of a file in infra/environments/: no path separators, no "..", no leading dot
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+IDENTITIES = ("database", "declared")  # how a run's operator is known (stackbook.run.evidence)
+S3_URL_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?")  # s3://bucket/prefix, the bucket as S3 names them
 VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name, as kernel_env lists them
 
 
@@ -54,6 +57,11 @@ class Environment:
 
     def runbook_params(self, runbook: str) -> dict[str, Any]:
         return dict((self.data.get("runbooks") or {}).get(runbook) or {})
+
+    @property
+    def identity(self) -> str:
+        """How a run's operator is known (``IDENTITIES``; checked by ``load``): ``database`` or ``declared``."""
+        return self.data.get("identity") or "declared"
 
     @property
     def kernel_env(self) -> list[str]:
@@ -88,7 +96,11 @@ def load(name: str = DEFAULT_ENV) -> Environment:
         if values is not None and not isinstance(values, dict):
             raise EnvironmentFileError(f"{path}: runbooks.{runbook} must be a mapping of parameter: value", env=name)
     _check_kernel_env(path, name, data.get("kernel_env"))
+    if data.get("identity") is not None and data["identity"] not in IDENTITIES:
+        raise EnvironmentFileError(f"{path}: identity is {data['identity']!r}; use one of {', '.join(IDENTITIES)} "
+                                   "(database: each operator connects with a login role of their own)", env=name)
     _check_s3_endpoint(path, name, data.get("s3_endpoint"))
+    _check_backup_stores(path, name, data.get("dr"))
     return Environment(name=name, path=path, data=data)
 
 
@@ -120,6 +132,20 @@ def _check_s3_endpoint(path: Path, env: str, url: Any) -> None:
     if parts.username or parts.password:
         raise EnvironmentFileError(f"{path}: s3_endpoint must not carry credentials: remove the user:password@ part "
                                    "and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment", env=env)
+
+
+def _check_backup_stores(path: Path, env: str, section: Any) -> None:
+    """``dr.backup_store`` and ``dr.backup_copy`` (stackbook.dr.drill) are s3://bucket/prefix URLs; a copy
+    needs a store."""
+    if not isinstance(section, dict):
+        return  # dr itself is checked by the drill (its targets)
+    for key in ("backup_store", "backup_copy"):
+        value = section.get(key)
+        if value is not None and not (isinstance(value, str) and S3_URL_RE.fullmatch(value)):
+            raise EnvironmentFileError(f"{path}: dr.{key} must be an s3://bucket/prefix URL, got {value!r} "
+                                       "(or null: backups stay under .stackbook/backups only)", env=env)
+    if section.get("backup_copy") and not section.get("backup_store"):
+        raise EnvironmentFileError(f"{path}: dr.backup_copy needs dr.backup_store (the copy is of that store)", env=env)
 
 
 def _shown_name(entry: Any) -> str:

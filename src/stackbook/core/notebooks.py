@@ -7,6 +7,14 @@ is a number, an nbformat 3 file) is one clear error, not a traceback later.
 jsonschema's optional ``rfc3987_syntax`` import (a second of grammar
 compiling, for IRI formats no notebook uses) is skipped, so ``list`` and
 ``show`` still start fast. A parameter's default must match its declared type.
+
+What papermill runs, stackbook reads: a notebook given by path needs no
+``parameters`` cell (it then has no parameters; ``load(...,
+require_parameters=False)``), while a runbook under ``runbooks/`` keeps the
+contract of exactly one. The parameters cell of a notebook in another language
+(``metadata.kernelspec.language``: bash, R, ...) is not parsed as Python: as
+with papermill, its parameters are not declared to stackbook and not typed
+(``Runbook.typed`` is False).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from stackbook.core.errors import NotebookError
 PARAMETERS_TAG = "parameters"
 SIMPLE_TYPES = ("int", "float", "bool", "str", "list", "dict")
 DEFAULT_KERNEL = "python3"
+DEFAULT_LANGUAGE = "python"
 CELL_TYPES = ("markdown", "code", "raw")
 MAX_SHOWN = 40  # characters of a value an error message shows
 
@@ -90,6 +99,12 @@ class Runbook:
     parameters: list[Parameter] = field(default_factory=list)
     parameters_cell_index: int | None = None
     kernel: str = DEFAULT_KERNEL  # metadata.kernelspec.name: the kernel a run starts
+    language: str = DEFAULT_LANGUAGE  # metadata.kernelspec.language: how parameters are written for the kernel
+
+    @property
+    def typed(self) -> bool:
+        """Whether the parameters are declared and typed (a Python notebook), or free as papermill has them."""
+        return self.language.lower() == DEFAULT_LANGUAGE
 
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -189,16 +204,24 @@ def cell_source(cell: dict) -> str:
     return "".join(src) if isinstance(src, list) else str(src)
 
 
-def find_parameters_cell(nb: dict, path: Path) -> int:
+def no_parameters_cell(path: Path | str) -> NotebookError:
+    """The error of a notebook without a ``parameters`` cell that must have one (or is given values)."""
+    return NotebookError(
+        f"{path}: no code cell tagged 'parameters'; tag the cell holding the parameters "
+        "(JupyterLab: property inspector > cell tags)"
+    )
+
+
+def find_parameters_cell(nb: dict, path: Path, required: bool = True) -> int | None:
+    """Index of the one cell tagged ``parameters``; None when there is none and none is REQUIRED."""
     hits = [
         i for i, c in enumerate(nb["cells"])
         if c.get("cell_type") == "code" and PARAMETERS_TAG in (c.get("metadata", {}).get("tags") or [])
     ]
     if not hits:
-        raise NotebookError(
-            f"{path}: no code cell tagged 'parameters'; tag the cell holding the parameters "
-            "(JupyterLab: property inspector > cell tags)"
-        )
+        if not required:
+            return None
+        raise no_parameters_cell(path)
     if len(hits) > 1:
         raise NotebookError(f"{path}: {len(hits)} cells tagged 'parameters' (cells {hits}); keep exactly one")
     return hits[0]
@@ -331,11 +354,18 @@ def _metadata(nb: dict, path: Path) -> dict[str, Any]:
     return meta
 
 
-def load(path: Path | str, runbooks_root: Path | None = None) -> Runbook:
+def load(path: Path | str, runbooks_root: Path | None = None, *, require_parameters: bool = True) -> Runbook:
+    """The runbook at PATH; REQUIRE_PARAMETERS False lets a notebook without a parameters cell load (no parameters).
+
+    A notebook in another language than Python keeps its parameters cell's text unparsed: no declared parameters.
+    """
     path = Path(path)
     nb = read_json(path)
-    index = find_parameters_cell(nb, path)
-    params = parse_parameters(cell_source(nb["cells"][index]), f"{path} (parameters cell)")
+    index = find_parameters_cell(nb, path, required=require_parameters)
+    language = _kernel_language(nb)
+    params = []
+    if index is not None and language.lower() == DEFAULT_LANGUAGE:
+        params = parse_parameters(cell_source(nb["cells"][index]), f"{path} (parameters cell)")
     area = ""
     if runbooks_root is not None:
         try:
@@ -351,6 +381,7 @@ def load(path: Path | str, runbooks_root: Path | None = None) -> Runbook:
         parameters=params,
         parameters_cell_index=index,
         kernel=_kernel_name(nb),
+        language=language,
     )
 
 
@@ -358,3 +389,23 @@ def _kernel_name(nb: dict) -> str:
     """The notebook's ``metadata.kernelspec.name`` (the schema makes it a string when present), else python3."""
     spec = (nb.get("metadata") or {}).get("kernelspec") or {}
     return spec.get("name") or DEFAULT_KERNEL
+
+
+def _kernel_language(nb: dict) -> str:
+    """The notebook's ``metadata.kernelspec.language``, else ``metadata.language_info.name``, else python."""
+    meta = nb.get("metadata") or {}
+    spec, info = meta.get("kernelspec") or {}, meta.get("language_info") or {}
+    language = spec.get("language") or info.get("name")
+    return language if isinstance(language, str) and language else DEFAULT_LANGUAGE
+
+
+def code_sha256(nb: dict) -> str:
+    """SHA-256 of a notebook's code as it runs: the source of every code cell (the parameters cell included),
+    in order, as canonical JSON; markdown and raw cells, outputs and metadata do not count, nor the cells a run
+    adds (papermill's ``injected-parameters``). The run ledger records it; an approval is bound to it."""
+    import hashlib
+
+    sources = [cell_source(c) for c in nb.get("cells", []) if c.get("cell_type") == "code"
+               and "injected-parameters" not in (c.get("metadata", {}).get("tags") or [])]
+    text = json.dumps(sources, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -10,6 +10,12 @@ NaN and infinities, text with a NUL character or a lone surrogate (what
 undecodable bytes of a command line become), and values that are not JSON at
 all (dates, sets, binary from YAML tags). Every error names the parameter and
 shows at most 40 characters of the value (``notebooks.shown``).
+
+A notebook without a parameters cell takes no values (exit 2, naming the
+missing cell, as before). A notebook in another language (``Runbook.typed``
+False) declares no parameters to stackbook: as papermill does, it takes any
+name, and a ``-p`` value is read as YAML (``5`` an int, ``[a, b]`` a list,
+``null`` None), else kept as the text given.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 from stackbook.core.errors import ParameterError
 from stackbook.core.files import load_yaml
-from stackbook.core.notebooks import Parameter, Runbook, shown
+from stackbook.core.notebooks import Parameter, Runbook, no_parameters_cell, shown
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
@@ -141,6 +147,27 @@ def _unstorable_scalar(value: Any, verb: str) -> str | None:
             "text")
 
 
+def free_value(text: str) -> Any:
+    """A ``-p`` value for an untyped parameter: TEXT read as YAML when that gives JSON's kinds, else TEXT itself."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a date YAML cannot build): the text
+        return text
+    return value if value is None or isinstance(value, (str, int, float, bool, list, dict)) else text
+
+
+def _untyped(cli_pairs: list[tuple[str, str]], file_values: dict, env_runbook: dict) -> dict[str, Any]:
+    """The values of an untyped notebook's parameters: any name, -p over -f over the environment file."""
+    values = {**env_runbook, **file_values, **{key: free_value(text) for key, text in cli_pairs}}
+    bad = [key for key in values if not (isinstance(key, str) and key.isidentifier() and key.isascii())]
+    if bad:
+        raise ParameterError(f"parameter name {shown(bad[0])} is not a variable name (letters, digits and _, "
+                             "not starting with a digit); the kernel could not assign it")
+    return values
+
+
 def _unknown(runbook: Runbook, names: list[str], source: str) -> ParameterError:
     valid = ", ".join(p.name for p in runbook.parameters) or "(none)"
     plural = "s" if len(names) > 1 else ""
@@ -178,6 +205,11 @@ def resolve(
     file_label: str = "-f file",
 ) -> dict[str, Any]:
     """The final parameter values, checked; raises ParameterError naming what is wrong."""
+    if runbook.parameters_cell_index is None and not runbook.parameters and (cli or file_values or env_runbook):
+        raise no_parameters_cell(runbook.path)
+    if not runbook.typed:
+        values = _untyped(parse_assignments(cli or []), file_values or {}, env_runbook or {})
+        return _storable(runbook, values)
     values: dict[str, Any] = {p.name: p.default for p in runbook.parameters}
     names = set(values)
     for key, value in (env_shared or {}).items():
@@ -195,6 +227,11 @@ def resolve(
         raise _unknown(runbook, unknown, "-p")
     for key, text in pairs:
         values[key] = from_text(runbook.parameter(key), text)
+    return _storable(runbook, values)
+
+
+def _storable(runbook: Runbook, values: dict[str, Any]) -> dict[str, Any]:
+    """VALUES, once each is known to be storable as jsonb; else ParameterError naming the first that is not."""
     for key, value in values.items():
         why = unstorable(value)
         if why:

@@ -16,7 +16,7 @@ never writes into a developer's runs, ledger or book.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 STATE_DIRNAME = ".stackbook"
@@ -26,7 +26,7 @@ def _looks_like_root(path: Path) -> bool:
     return (path / "runbooks").is_dir() and (path / "pyproject.toml").is_file()
 
 
-@lru_cache(maxsize=None)
+@cache
 def root() -> Path:
     """The project root: $STACKBOOK_PROJECT, else the nearest parent of the working
     directory holding ``runbooks/`` and ``pyproject.toml``, else the checkout this

@@ -25,6 +25,15 @@ one method per step):
    explicit values). The drill passes when every table matches and both
    targets are met.
 
+Object storage: with ``dr: {backup_store: s3://bucket/prefix}`` in the environment
+file, ``backup()`` uploads dump and manifest to ``<backup_store>/<backup name>/``
+(papermill's boto3 client, the environment's ``s3_endpoint``), and
+``restore_and_verify()`` downloads them into a fresh folder and restores that
+download: the RTO includes it. With ``backup_copy: s3://other-bucket/prefix``
+(and ``backup_copy_region``), the same files go to a second bucket, the copy
+in another region, and the drill verifies that copy's dump against the
+manifest's SHA-256 too (a missing or different copy is a problem of the drill).
+
 The heartbeat is written just before the snapshot, so the RPO measured is an
 upper bound of the data a restore of this backup would lose (failure time
 minus the newest write known to be in it). A scheduler may call ``beat()`` at
@@ -54,7 +63,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +132,8 @@ def _pg_env(database: str) -> dict[str, str]:
     """libpq environment for a client tool: the password never appears on a command line."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from stackbook.run import db
     from stackbook.core.privacy import TELEMETRY_OFF
+    from stackbook.run import db
 
     info = conninfo_to_dict(db.url(database))
     env = {**os.environ, **TELEMETRY_OFF}
@@ -214,7 +223,7 @@ class Backup:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Backup":
+    def load(cls, path: str | Path) -> Backup:
         """A backup from its manifest (the file or its directory)."""
         path = Path(path)
         if path.is_dir():
@@ -269,7 +278,7 @@ def backup(database: str = "stackbook", schemas: str | list[str] | None = None,
            directory: str | Path | None = None) -> Backup:
     """``pg_dump -Fc`` of the database (or of ``schemas`` plus the heartbeat's) and its manifest, one snapshot."""
     wanted = _parse_schemas(schemas)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(directory) if directory else backups_dir() / f"{database}-{stamp}-{secrets.token_hex(3)}"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -403,7 +412,21 @@ def check_target(source: str, target: str, force: bool = False) -> bool:
     if exists and not force:
         raise DrRefused(f"restore target {target!r} already exists: drop it, choose another target, or pass "
                         "force=True to restore over it (it is then kept, not dropped)")
+    if not exists:
+        check_can_create_database()
     return not exists
+
+
+def check_can_create_database() -> None:
+    """DrRefused unless the connected role may create the scratch database (SUPERUSER or CREATEDB)."""
+    with _connect("postgres") as conn:
+        user, allowed = conn.execute("select current_user, rolsuper or rolcreatedb from pg_roles "
+                                     "where rolname = current_user").fetchone()
+    if not allowed:
+        raise DrRefused(f"the drill restores into a scratch database it creates, and role {user!r} lacks the "
+                        f"CREATEDB privilege: a DBA grants it with ALTER ROLE {sql.Identifier(user).as_string()} "
+                        "CREATEDB (or run the drill as a role that has it, or restore into an existing scratch "
+                        "database with target=NAME, force=True)")
 
 
 def check_dump(backup: Backup) -> None:
@@ -491,6 +514,107 @@ def drop_database(name: str) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
+# ---------------------------------------------------------------- object storage
+
+
+@dataclass
+class Stores:
+    """Where backups are kept besides the local folder (``dr.backup_store``, ``dr.backup_copy``)."""
+
+    primary: str | None = None
+    copy: str | None = None
+    copy_region: str | None = None
+    endpoint: str | None = None
+
+    @classmethod
+    def of(cls, env) -> Stores:
+        section = env.get("dr") or {}
+        """ENV's stores (checked when its file was loaded: ``environments._check_backup_stores``)."""
+        return cls(primary=section.get("backup_store"), copy=section.get("backup_copy"),
+                   copy_region=section.get("backup_copy_region"), endpoint=env.get("s3_endpoint"))
+
+    def client(self, copy: bool = False):
+        from stackbook.run import runstore
+
+        if not copy:
+            return runstore.client(self.endpoint)
+        from boto3.session import Session
+
+        url = runstore.endpoint_url(self.endpoint)
+        return Session().client("s3", region_name=self.copy_region, **({"endpoint_url": url} if url else {}))
+
+
+def _remote(store: str, backup: Backup, name: str) -> tuple[str, str]:
+    """(bucket, key) of file NAME of BACKUP under STORE."""
+    bucket, _, prefix = store.removeprefix("s3://").partition("/")
+    return bucket, "/".join(p for p in (prefix.strip("/"), Path(backup.directory).name, name) if p)
+
+
+def _s3_call(what: str, store: str, call, *args, **kwargs):
+    """CALL, with botocore's errors as a DrError naming the store and the fix."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call(*args, **kwargs)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise DrError(f"{what} {store} failed ({code}): check that the bucket exists and that the AWS credentials "
+                      "of the environment may read and write it (s3:GetObject, s3:PutObject)") from None
+    except BotoCoreError as exc:
+        raise DrError(f"{what} {store} failed: {exc}; check dr settings and s3_endpoint") from None
+
+
+def upload(backup: Backup, stores: Stores) -> list[str]:
+    """Dump and manifest to the backup store (and its copy); the s3:// URLs written."""
+    written = []
+    for store, copy in ((stores.primary, False), (stores.copy, True)):
+        if not store:
+            continue
+        client = stores.client(copy)
+        for local in (Path(backup.dump), backup.manifest_path):
+            bucket, key = _remote(store, backup, local.name)
+            _s3_call("upload to", store, client.upload_file, str(local), bucket, key)
+            written.append(f"s3://{bucket}/{key}")
+    return written
+
+
+def download(backup: Backup, stores: Stores) -> tuple[Backup, float]:
+    """The backup as kept in the backup store, downloaded into a fresh folder; (that backup, seconds)."""
+    t0 = time.monotonic()
+    folder = backups_dir() / f"{Path(backup.directory).name}.downloaded"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
+    client = stores.client()
+    for name in (MANIFEST_NAME, DUMP_NAME):
+        bucket, key = _remote(stores.primary, backup, name)
+        _s3_call("download from", stores.primary, client.download_file, bucket, key, str(folder / name))
+    fetched = Backup.load(folder)
+    fetched.directory, fetched.dump = str(folder), str(folder / DUMP_NAME)
+    return fetched, time.monotonic() - t0
+
+
+def verify_copy(backup: Backup, stores: Stores) -> list[str]:
+    """Problems of the copy in the other region: its dump missing or not the manifest's SHA-256."""
+    if not stores.copy:
+        return []
+    from botocore.exceptions import ClientError
+
+    bucket, key = _remote(stores.copy, backup, DUMP_NAME)
+    try:
+        body = stores.client(copy=True).get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        return [f"the copy s3://{bucket}/{key} cannot be read ({exc.response.get('Error', {}).get('Code')})"]
+    digest = hashlib.sha256()
+    chunk = body.read(1 << 20)
+    while chunk:
+        digest.update(chunk)
+        chunk = body.read(1 << 20)
+    if digest.hexdigest() != backup.sha256:
+        return [f"the copy s3://{bucket}/{key} differs from the backup (SHA-256 {digest.hexdigest()[:16]}..., "
+                f"manifest {backup.sha256[:16]}...)"]
+    return []
+
+
 # ---------------------------------------------------------------- targets and the drill
 
 
@@ -542,6 +666,9 @@ class DrillReport:
     backup_bytes: int
     scratch_dropped: bool
     problems: list[str] = field(default_factory=list)
+    download_seconds: float = 0.0  # from the backup store, inside the RTO
+    backup_store: str | None = None
+    copy_verified: bool | None = None  # None: no copy configured
 
     @property
     def passed(self) -> bool:
@@ -560,6 +687,9 @@ class DrillReport:
             "drill_passed": self.passed,
             "backup_bytes": self.backup_bytes,
             "backup_dir": self.backup_dir,
+            "backup_store": self.backup_store,
+            "download_seconds": round(self.download_seconds, 3),
+            "copy_verified": self.copy_verified,
         }
 
     def _repr_markdown_(self) -> str:
@@ -591,6 +721,11 @@ class Drill:
         suffix = suffix or secrets.token_hex(4)
         self.target = target or f"{database[:40]}_drill_{suffix}_{secrets.token_hex(2)}"
         self.targets = targets(env, rto_target_s, rpo_target_s)
+        from stackbook.core import environments
+
+        self.stores = Stores.of(environments.load(env) if env else environments.current())
+        self.download_seconds = 0.0
+        self.copy_problems: list[str] = []
         self.create = check_target(database, self.target, force)  # refuse before anything is done
         self.last_beat: datetime | None = None
         self.backup_: Backup | None = None
@@ -607,6 +742,7 @@ class Drill:
 
     def backup(self) -> Backup:
         self.backup_ = backup(self.database, self.schemas)
+        upload(self.backup_, self.stores)  # to the backup store and its copy, when configured
         prune(self.database, self.keep_backups)
         return self.backup_
 
@@ -623,15 +759,21 @@ class Drill:
         """Check the dump, restore it into the target, verify it, and drop the scratch database (always)."""
         if self.backup_ is None or self._failed_mono is None:
             raise DrError("restore_and_verify() before backup() and fail()")
+        source = self.backup_
         try:
-            check_dump(self.backup_)
-            self.restore_seconds = restore(self.backup_, self.target, self.create, self.jobs)
-            self.verification = verify(self.backup_, self.target)
+            if self.stores.primary:  # restore what the store holds, as after losing this machine too
+                source, self.download_seconds = download(self.backup_, self.stores)
+            check_dump(source)
+            self.restore_seconds = restore(source, self.target, self.create, self.jobs)
+            self.verification = verify(source, self.target)
             self.recovered_after = time.monotonic() - self._failed_mono
+            self.copy_problems = verify_copy(self.backup_, self.stores)
         finally:
             if self.create:
                 drop_database(self.target)
                 self.scratch_dropped = not _database_exists(self.target)
+            if source is not self.backup_:
+                shutil.rmtree(source.directory, ignore_errors=True)
         return self.verification
 
     def report(self) -> DrillReport:
@@ -648,6 +790,7 @@ class Drill:
             problems.append(f"RPO {rpo:.2f} s exceeds the target of {self.targets.rpo_target_s:g} s")
         if self.create and not self.scratch_dropped:
             problems.append(f"scratch database {self.target!r} was not dropped")
+        problems += self.copy_problems
         return DrillReport(
             database=self.database, target=self.target, backup_dir=b.directory,
             tables_verified=v.tables_verified, tables_total=len(b.tables), checksums_match=v.checksums_match,
@@ -655,7 +798,8 @@ class Drill:
             rto_target_s=self.targets.rto_target_s, rpo_target_s=self.targets.rpo_target_s,
             targets_from=self.targets.source, backup_seconds=b.seconds, restore_seconds=self.restore_seconds,
             verify_seconds=v.seconds, backup_bytes=b.size_bytes, scratch_dropped=self.scratch_dropped,
-            problems=problems,
+            problems=problems, download_seconds=self.download_seconds, backup_store=self.stores.primary,
+            copy_verified=None if not self.stores.copy else not self.copy_problems,
         )
 
 

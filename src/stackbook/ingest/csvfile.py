@@ -13,9 +13,9 @@ import codecs
 import csv
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from stackbook.core.errors import EncodingNotSupported, HeaderError  # noqa: F401 (re-exported)
 

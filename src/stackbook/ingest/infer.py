@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from stackbook.core.errors import SpecError  # noqa: F401 (re-exported)
 from stackbook.core.files import load_yaml
@@ -288,8 +288,34 @@ def resolve_pg_type(conn, type_name: str, where: str) -> str:
     return conn.execute("select format_type(%s, %s)", [oid, typmod]).fetchone()[0]
 
 
+def resolve_pg_types(conn, named: Mapping[str, str]) -> dict[str, str]:
+    """``resolve_pg_type`` for many at once: ``{where: type name}`` -> ``{where: PostgreSQL's spelling}``.
+
+    Names without a modifier go to PostgreSQL together, in one query; the others, and any that query leaves
+    unresolved, go through ``resolve_pg_type`` once per distinct name (so an error names a column as it does).
+    """
+    import psycopg
+
+    wanted = {where: logical_to_pg(t) for where, t in named.items()}
+    plain = sorted({n for n in wanted.values() if not _MODIFIERS.search(n)})
+    known: dict[str, str] = {}
+    if plain:
+        try:
+            with conn.transaction():
+                known = dict(conn.execute("select n, format_type(t.oid, NULL) from unnest(%s::text[]) n "
+                                          "join pg_type t on t.oid = to_regtype(n) where t.typtype <> 'p'",
+                                          [plain]).fetchall())
+        except psycopg.Error:
+            known = {}  # a name to_regtype cannot parse: each goes on its own below, and fails naming its column
+    out: dict[str, str] = {}
+    for where, name in wanted.items():
+        if name not in known:
+            known[name] = resolve_pg_type(conn, named[where], where)
+        out[where] = known[name]
+    return out
+
+
 def check_spec(conn, specs: Mapping[str, Mapping[str, str]]) -> None:
-    """Every type of a loaded spec resolves (``resolve_pg_type``): a bad one fails before any file is loaded."""
-    for table, columns in specs.items():
-        for column, type_name in columns.items():
-            resolve_pg_type(conn, type_name, f"spec: column {table}.{column}")
+    """Every type of a loaded spec resolves (``resolve_pg_types``): a bad one fails before any file is loaded."""
+    resolve_pg_types(conn, {f"spec: column {table}.{column}": type_name
+                            for table, columns in specs.items() for column, type_name in columns.items()})

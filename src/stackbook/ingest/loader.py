@@ -9,7 +9,10 @@ One table per file, named after the file stem. Per file, in one transaction:
 3. **Fast path**: the file's bytes go to ``COPY ... FROM STDIN`` in 1 MiB
    blocks, PostgreSQL checking encoding, column count and types. Without keys
    the table is emptied first (it mirrors its file); with keys the rows go to
-   a temporary staging table.
+   a temporary staging table, except on the first load of a table created in
+   this transaction: there the rows go straight in and the primary key is
+   added after (one index build, no staging, no merge), falling back to
+   staging when a row is rejected or a key is empty or repeated.
 4. **Checked path**, only when PostgreSQL rejected the fast path: the file is
    read again record by record; records with bytes invalid in the declared
    encoding, a wrong number of columns, an empty key or a value that does not
@@ -31,6 +34,10 @@ and committed, then the run raises :class:`TooManyBadRows` naming each
 rejected file with its ratio. A file under the threshold loads its good rows
 and quarantines the rest.
 
+**Parallel files.** ``jobs`` files load at once (default: one per CPU core), largest first, each worker
+over a connection of its own; files are independent (one table, one transaction each), so the result is
+the one of ``jobs=1``. The report keeps the files' order.
+
 **Locks.** Each file takes a transaction-level advisory lock on its table, so two loads of one table
 queue. Without keys the table is emptied with ``TRUNCATE``: readers of that table wait until the file's
 transaction commits, and then see the new content whole.
@@ -48,17 +55,22 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import hashlib
+import os
+import queue
 import re
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from stackbook.core.errors import FileError, SourceError
+from stackbook.core.errors import DatabaseUnavailable, FileError, SourceError
 from stackbook.ingest import csvfile, infer, manifest
 from stackbook.ingest.report import LoadReport
 
@@ -68,6 +80,7 @@ MAX_PG_REJECTS = 100  # PostgreSQL rejections the checks missed, per file, befor
 RAW_LINE_MAX = 65536
 WRITE_BATCH = 1 << 18  # characters of checked records sent to COPY at once
 SEEN_MAX = 4096  # values remembered per column as valid, to skip checking repeats
+MAX_JOBS = 32  # files loaded at once, at most (each a connection)
 
 #: PostgreSQL errors that mean "this data is bad", as opposed to "the database is unwell"
 DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.NotNullViolation)
@@ -100,27 +113,8 @@ def _normalise_keys(keys: Mapping[str, Any] | None, tables: list[str], source: P
     return out
 
 
-def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, Any] | None = None,
-                encoding: str = "utf-8", max_bad_ratio: float = 0.001, spec=None, conn=None, *,
-                pattern: str = "*.csv", sample_rows: int = infer.SAMPLE_ROWS, force: bool = False,
-                check: bool = True) -> LoadReport:
-    """Load every ``pattern`` file of ``source_dir`` into ``schema`` (see the module docstring).
-
-    ``keys``: table -> key column(s). ``spec``: a dict or YAML/JSON file of column types (see
-    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root.
-    ``conn``: a psycopg connection (default: ``stackbook.run.db.connect()``).
-    ``force``: load files even when unchanged. Raises :class:`TooManyBadRows` or :class:`LoadError`
-    (with ``.report``) after every file was handled when a file was rejected or failed; with
-    ``check=False`` it returns the report instead and ``report.check()`` raises the same error later
-    (so a runbook can record the figures first).
-    """
-    t0 = time.perf_counter()
-    source = _resolve_source(source_dir)
-    if not schema or not isinstance(schema, str):
-        raise SourceError("schema must be a non-empty name")
-    if not (0 <= float(max_bad_ratio) <= 1):
-        raise SourceError(f"max_bad_ratio must be between 0 and 1, got {max_bad_ratio}")
-    enc = csvfile.encoding(encoding)
+def _files_by_table(source: Path, pattern: str) -> dict[str, Path]:
+    """table -> file, in file-name order."""
     files = sorted(p for p in source.iterdir() if p.is_file() and p.match(pattern))
     if not files:
         raise SourceError(f"no files matching {pattern} in {source}")
@@ -130,6 +124,34 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
         if t in by_table:
             raise SourceError(f"{by_table[t].name} and {f.name} both map to table {t}: rename one")
         by_table[t] = f
+    return by_table
+
+
+def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, Any] | None = None,
+                encoding: str = "utf-8", max_bad_ratio: float = 0.001, spec=None, conn=None, *,
+                pattern: str = "*.csv", sample_rows: int = infer.SAMPLE_ROWS, force: bool = False,
+                check: bool = True, jobs: int | None = None) -> LoadReport:
+    """Load every ``pattern`` file of ``source_dir`` into ``schema`` (see the module docstring).
+
+    ``keys``: table -> key column(s). ``spec``: a dict or YAML/JSON file of column types (see
+    :mod:`stackbook.ingest.infer`); relative paths, like ``source_dir``, are taken from the project root.
+    ``conn``: a psycopg connection (default: ``stackbook.run.db.connect()``).
+    ``force``: load files even when unchanged. Raises :class:`TooManyBadRows` or :class:`LoadError`
+    (with ``.report``) after every file was handled when a file was rejected or failed; with
+    ``check=False`` it returns the report instead and ``report.check()`` raises the same error later
+    (so a runbook can record the figures first). ``jobs``: files loaded at once, each worker over a
+    connection of its own (default: the CPU cores; at most ``MAX_JOBS`` and the number of files; one when
+    ``conn`` is not in autocommit mode).
+    """
+    t0 = time.perf_counter()
+    jobs = _jobs(jobs)
+    source = _resolve_source(source_dir)
+    if not schema or not isinstance(schema, str):
+        raise SourceError("schema must be a non-empty name")
+    if not (0 <= float(max_bad_ratio) <= 1):
+        raise SourceError(f"max_bad_ratio must be between 0 and 1, got {max_bad_ratio}")
+    enc = csvfile.encoding(encoding)
+    by_table = _files_by_table(source, pattern)
     key_map = _normalise_keys(keys, list(by_table), source)
     if isinstance(spec, (str, Path)) and spec and not Path(spec).expanduser().is_absolute():
         from stackbook.core import project
@@ -147,10 +169,10 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
         infer.check_spec(conn, specs)  # a type that is not one PostgreSQL type name fails before anything is made
         with conn.transaction():
             manifest.ensure(conn, schema)
-        for table, path in by_table.items():
-            entry = _load_file(conn, path, schema, table, key_map.get(table), enc, float(max_bad_ratio),
-                               specs.get(table), sample_rows, force)
-            report.tables.append(entry)
+        opts = _Options(schema, enc, float(max_bad_ratio), sample_rows, force)
+        tasks = [_Task(n, path, table, key_map.get(table), specs.get(table))
+                 for n, (table, path) in enumerate(by_table.items())]
+        report.tables.extend(_load_all(conn, tasks, opts, min(jobs, len(tasks))))
     finally:
         if own:
             conn.close()
@@ -158,6 +180,109 @@ def load_folder(source_dir: str | Path, schema: str = "raw", keys: Mapping[str, 
     if check:
         report.check()
     return report
+
+
+# ---------------------------------------------------------------- files in parallel
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What every file of one load shares."""
+
+    schema: str
+    enc: csvfile.Encoding
+    max_bad_ratio: float
+    sample_rows: int
+    force: bool
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One file to load: its position in the report, its table, keys and spec."""
+
+    index: int
+    path: Path
+    table: str
+    keys: list[str] | None
+    table_spec: dict[str, str] | None
+
+
+def _jobs(jobs: int | None) -> int:
+    if jobs is None or jobs == 0:
+        return max(1, min(os.cpu_count() or 1, MAX_JOBS))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise SourceError(f"jobs must be a whole number from 1 to {MAX_JOBS} (files loaded at once), or None "
+                          f"for one per CPU core; got {jobs!r}")
+    return jobs
+
+
+def _load_all(conn, tasks: list[_Task], opts: _Options, jobs: int) -> list[dict]:
+    """Every task's entry, in task order. With ``jobs`` > 1, worker threads take files largest first from one
+    queue, each over a connection of its own (the first worker uses ``conn``). A ``conn`` that is not in
+    autocommit mode loads every file itself: its caller decides when they commit, other connections could not
+    wait for that."""
+    if jobs <= 1 or not conn.autocommit:
+        return [_load_task(conn, t, opts) for t in tasks]
+    todo: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+    for t in sorted(tasks, key=_size, reverse=True):
+        todo.put(t)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stackbook-ingest") as pool:
+        futures = [pool.submit(_worker, conn if n == 0 else None, conn, todo, opts) for n in range(jobs)]
+        try:
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # an interrupt: no new file starts; the ones loading finish, then it goes on
+            _drain(todo)
+            raise
+        if any(f.exception() for f in finished):  # a worker's error: likewise, and result() raises it below
+            _drain(todo)
+        done = [f.result() for f in futures]
+    entries = sorted((pair for part in done for pair in part), key=itemgetter(0))
+    return [entry for _, entry in entries]
+
+
+def _drain(todo: queue.SimpleQueue[_Task]) -> None:
+    while True:
+        try:
+            todo.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _worker(conn, like, todo: queue.SimpleQueue[_Task], opts: _Options) -> list[tuple[int, dict]]:
+    """Load files from ``todo`` until it is empty, over ``conn`` or (None) a new connection like ``like``."""
+    own = conn is None
+    out: list[tuple[int, dict]] = []
+    try:
+        while True:
+            try:
+                task = todo.get_nowait()
+            except queue.Empty:
+                return out
+            if conn is None:
+                conn = _connect_like(like)
+            out.append((task.index, _load_task(conn, task, opts)))
+    finally:
+        if own and conn is not None:
+            conn.close()
+
+
+def _connect_like(conn):
+    """A new autocommit connection to the database ``conn`` is connected to, as the same user."""
+    try:
+        return psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot open another connection to {conn.info.dbname} for a parallel load "
+                                  f"({' '.join(str(exc).split())}); pass jobs=1 to load over one connection"
+                                  ) from None
+
+
+def _size(task: _Task) -> int:
+    return task.path.stat().st_size
+
+
+def _load_task(conn, task: _Task, opts: _Options) -> dict:
+    return _load_file(conn, task.path, opts.schema, task.table, task.keys, opts.enc, opts.max_bad_ratio,
+                      task.table_spec, opts.sample_rows, opts.force)
 
 
 # ---------------------------------------------------------------- one file
@@ -170,7 +295,7 @@ def _entry(table: str, path: Path) -> dict[str, Any]:
 
 
 def _utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 @dataclass
@@ -272,6 +397,10 @@ def _load_locked(load: _FileLoad, header) -> None:
         _header_only(load, header, existing)
         return
     types = _table_types(load, header, existing)
+    if not existing and load.keys:  # a table created just now, without its primary key yet
+        if _copy_fresh(load, header):
+            return
+        _add_primary_key(load.conn, schema, table, load.keys)
     _copy_and_merge(load, header, types)
 
 
@@ -303,7 +432,8 @@ def _header_only(load: _FileLoad, header, existing: dict[str, str] | None) -> No
 
 
 def _table_types(load: _FileLoad, header, existing: dict[str, str] | None) -> dict[str, str]:
-    """Column types: the existing table's (which must hold every column), else inferred and the table created."""
+    """Column types: the existing table's (which must hold every column), else inferred and the table created
+    (without its primary key: the caller adds it after the first COPY, or before staging)."""
     columns = header.columns
     if existing:
         extra = [c for c in columns if c not in existing]
@@ -314,8 +444,31 @@ def _table_types(load: _FileLoad, header, existing: dict[str, str] | None) -> di
             _ensure_unique(load.conn, load.schema, load.table, load.keys)
         return {c: existing[c] for c in columns}
     types = _types_for(load.path, load.enc, header, load.table_spec, load.sample_rows, load.schema, load.table)
-    _create(load.conn, load.schema, load.table, types, load.keys)
+    _create(load.conn, load.schema, load.table, types, None)
     return types
+
+
+def _copy_fresh(load: _FileLoad, header) -> bool:
+    """First load of a keyed table created in this transaction: COPY straight into it, then add the primary key
+    (one index build instead of staging and merging). False, with the savepoint rolled back, when PostgreSQL
+    rejects a row or the keys are empty or repeated: the caller takes the staging path, which handles those."""
+    conn, schema, table = load.conn, load.schema, load.table
+    try:
+        with conn.transaction():
+            dest = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            copied, sha = _copy_fast(conn, load.path, header, dest, header.columns, load.enc)
+            _add_primary_key(conn, schema, table, load.keys)
+    except DATA_ERRORS + (psycopg.errors.UniqueViolation,):
+        return False
+    load.entry.update(method="copy", sha256=sha, good_rows=copied, rows_quarantined=0, bad_ratio=0.0,
+                      rows_loaded=copied, rows_inserted=copied, rows_updated=0, table_rows=copied)
+    _record_loaded(load, sha, 0)
+    return True
+
+
+def _add_primary_key(conn, schema: str, table: str, keys: list[str]) -> None:
+    conn.execute(sql.SQL("alter table {}.{} add primary key ({})").format(
+        sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, keys))))
 
 
 def _copy_and_merge(load: _FileLoad, header, types: dict[str, str]) -> None:
@@ -333,6 +486,12 @@ def _copy_and_merge(load: _FileLoad, header, types: dict[str, str]) -> None:
                           table_rows=_count(conn, schema, table))
     else:
         load.entry.update(rows_loaded=copied, rows_inserted=copied, rows_updated=0, table_rows=copied)
+    _record_loaded(load, sha, bad)
+
+
+def _record_loaded(load: _FileLoad, sha: str, bad: int) -> None:
+    """A loaded file: finish its entry, record it in the manifest, replace its quarantine rows."""
+    conn, schema, table = load.conn, load.schema, load.table
     load.finish("loaded", f"{bad} bad rows quarantined ({load.entry['bad_ratio']:.3%})" if bad else "")
     load_id = load.note("loaded")
     manifest.forget_quarantine(conn, schema, table, sha)
@@ -375,8 +534,9 @@ def _types_for(path: Path, enc, header, table_spec, sample_rows: int, schema: st
 
 
 def _create(conn, schema: str, table: str, types: dict[str, str], keys: list[str] | None) -> None:
-    cols = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(infer.resolve_pg_type(conn, t, f"column {table}.{c}")))
-            for c, t in types.items()]  # PostgreSQL's spelling of one resolved type: never the spec's text
+    resolved = infer.resolve_pg_types(conn, {f"column {table}.{c}": t for c, t in types.items()})
+    cols = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(resolved[f"column {table}.{c}"]))
+            for c in types]  # PostgreSQL's spelling of one resolved type: never the spec's text
     if keys:
         cols.append(sql.SQL("primary key ({})").format(sql.SQL(", ").join(map(sql.Identifier, keys))))
     try:
@@ -482,7 +642,7 @@ def _hashing(fh, h) -> Iterator[bytes]:
 _LINE_RE = re.compile(r"\bline (\d+)")
 
 
-def _copy_checked(conn, path, header, dest, columns, types, keys, enc, spool: "_Spool",
+def _copy_checked(conn, path, header, dest, columns, types, keys, enc, spool: _Spool,
                   rejects: dict[int, str], pending: tuple[int, str] | None) -> tuple[int, int, str]:
     """Stream the records that pass the checks to COPY; quarantine the others.
 
@@ -582,7 +742,7 @@ class _Spool:
     """Quarantine rows on disk until the file's transaction knows what to do with them."""
 
     def __init__(self):
-        self._fh = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="")
+        self._fh = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="")  # noqa: SIM115 (close())
         self._w = csv.writer(self._fh)
         self.count = 0
 

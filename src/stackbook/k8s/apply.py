@@ -169,8 +169,8 @@ def diff(desired: Any, live: Any, path: str = "") -> list[str]:
         if not isinstance(live, list) or len(live) != len(desired):
             return [path]
         out = []
-        for n, (d, l) in enumerate(zip(desired, live)):
-            out.extend(diff(d, l, f"{path}[{n}]"))
+        for n, (want, have) in enumerate(zip(desired, live)):
+            out.extend(diff(want, have, f"{path}[{n}]"))
         return out
     return [] if desired == live or str(desired) == str(live) else [path]
 

@@ -13,7 +13,9 @@ What happens, in order:
    The run store must be ``s3://...`` (``run_store`` in the environment file or
    ``$STACKBOOK_RUN_STORE``): a pod's disk is gone when it ends, so papermill's
    S3 handler writes the executed notebook there (credentials from the optional
-   Secret ``stackbook-run-store``).
+   Secret ``stackbook-run-store``; the environment file's ``s3_endpoint`` as
+   ``AWS_ENDPOINT_URL_S3``). The bucket is checked from here first, as a local
+   run checks it (``runstore.check_writable``).
 3. The Job: built from the environment's rendered runner CronJob (infra/k8s,
    so the overlay's image tag, namespace, resources and restricted security
    context apply), running ``stackbook run NAME -e ENV -p ... --json``.
@@ -111,6 +113,8 @@ def job_manifest(name: str, options: RunOptions, token: str | None = None, run_s
         {"name": "STACKBOOK_ENV", "value": env.name},
         {"name": "STACKBOOK_RUN_STORE", "value": run_store or runstore.base(env.get("run_store"))},
     ])
+    if env.get("s3_endpoint"):  # an S3-compatible server (credentials: the stackbook-run-store Secret)
+        container["env"].append({"name": "AWS_ENDPOINT_URL_S3", "value": env.get("s3_endpoint")})
     container.setdefault("envFrom", []).append({"secretRef": {"name": RUN_STORE_SECRET, "optional": True}})
     if options.cell_timeout:
         container["args"][-1:-1] = ["--cell-timeout", str(options.cell_timeout)]
@@ -163,6 +167,8 @@ def run(name: str, options: RunOptions | None = None, on_start: Callable[[str], 
     job = job_manifest(name, options)  # parameters first: exit 2 before any cluster is contacted
     api, _context = _cluster(env)
     store = _run_store(env)
+    # the bucket as this machine sees it (same credentials as the Secret's, ideally): exit 2 before any Job
+    runstore.check_writable(runstore.location(env.name, name, "check", store), env.get("s3_endpoint"))
     job = job_manifest(name, options, token=job["metadata"]["labels"][JOB_LABEL], run_store=store)
     from stackbook.k8s.validate import check
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from stackbook.core import project
 from stackbook.core.errors import ManifestError

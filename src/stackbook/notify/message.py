@@ -97,7 +97,7 @@ def _first_line(source: Any) -> str | None:
 
 def _executed_cell(run: RunView) -> dict | None:
     """The failing cell of the executed notebook (local run stores only: a remote read is too slow here)."""
-    from stackbook.run import execution, runstore
+    from stackbook.run import runstore
 
     if not run.output or runstore.is_remote(run.output):
         return None
@@ -109,24 +109,29 @@ def _executed_cell(run: RunView) -> dict | None:
     failed = [c for c in cells if (c.get("metadata", {}).get("papermill") or {}).get("status") == "failed"]
     if failed:
         return failed[0]
-    unmarked = [c for c in cells if execution.ERROR_MARKER_TAG not in c.get("metadata", {}).get("tags", [])]
-    index = run.error.get("cell_index")
-    return unmarked[index] if isinstance(index, int) and 0 <= index < len(unmarked) else None
+    index = run.error.get("cell_index")  # the index in the notebook as stored, markers included
+    return cells[index] if isinstance(index, int) and 0 <= index < len(cells) else None
 
 
 def _source_cell(run: RunView) -> dict | None:
     """The failing cell from the runbook's source: its index counts the injected parameters cell after the
-    ``parameters`` one, as the executed notebook does."""
+    ``parameters`` one, as the executed notebook does, and papermill's two error markers before it (a failed or
+    timed-out run's; a cancelled run has none)."""
+    from stackbook.run.execution import MARKER_CELLS
+
     index = run.error.get("cell_index")
     if not run.path or not isinstance(index, int):
         return None
+    if run.status != "cancelled":
+        index -= MARKER_CELLS
     try:
         cells = json.loads(Path(run.path).read_text(encoding="utf-8")).get("cells") or []
     except (OSError, ValueError):
         return None
     tags = [c.get("metadata", {}).get("tags", []) for c in cells]
-    after = next((i + 1 for i, t in enumerate(tags) if "parameters" in t), 0)
-    cells = cells[:after] + [{"source": "# Parameters"}] + cells[after:]
+    after = next((i + 1 for i, t in enumerate(tags) if "parameters" in t), None)
+    if after is not None:  # a notebook without a parameters cell (and values) gets no injected cell
+        cells = cells[:after] + [{"source": "# Parameters"}] + cells[after:]
     return cells[index] if 0 <= index < len(cells) else None
 
 

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from stackbook.core import privacy, project
-from stackbook.run import engine as runner
 from stackbook.core.environments import DEFAULT_ENV
 from stackbook.core.errors import StackbookError, UsageError
 from stackbook.core.files import atomic_write_text
 from stackbook.pipelines.spec import PipelineSpec, PipelineSpecError
+from stackbook.run import engine as runner
+
 
 def import_ploomber():
     """Import ploomber with its telemetry and version check off and its home under .stackbook/."""
@@ -129,7 +130,8 @@ class Plan:
         task = self.tasks[name]
         nb_path = task.products["nb"]
         # an executed notebook: owner-only (0600, folders 0700), as in the run store
-        atomic_write_text(nb_path, json.dumps(runstore.read_notebook(executed_notebook), indent=1) + "\n")
+        executed = runstore.read_notebook(executed_notebook, task.prepared.env.get("s3_endpoint"))
+        atomic_write_text(nb_path, json.dumps(executed, indent=1) + "\n")
         missing = [str(p) for p in task.products.values() if not p.exists()]
         if missing:
             return missing

@@ -23,9 +23,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stackbook.run import engine as runner
 from stackbook.core.errors import StackbookError, UsageError
 from stackbook.pipelines.spec import PipelineSpec
+from stackbook.run import engine as runner
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 

@@ -371,6 +371,7 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
     """The plan against the catalog ``conn`` sees; with ``generate``, missing passwords are generated and kept."""
     state = _inspect(conn, database_exists)
     plan = Plan(database=database, admin=state["admin"], fingerprint=_fingerprint(state, database_exists))
+    generate = generate and _may_create_roles(conn)  # no password is generated for a plan that cannot apply
     if not database_exists:
         plan.steps.append(Step(f"CREATE DATABASE {_q(database)}", f"CREATE DATABASE {_q(database)}",
                                f"database {database} does not exist", on="cluster"))
@@ -381,7 +382,26 @@ def _plan_on(conn, database: str, database_exists: bool, *, generate: bool, env:
     _plan_schema_privileges(plan, conn, state)
     _plan_object_privileges(plan, conn, state)
     _plan_default_privileges(plan, state)
+    missing = missing_createrole(conn, plan)
+    if missing:
+        plan.notes.append(missing)
     return plan
+
+
+def _may_create_roles(conn) -> bool:
+    return _rows(conn, "select rolsuper or rolcreaterole from pg_roles where rolname = current_user")[0][0]
+
+
+def missing_createrole(conn, plan: Plan) -> str | None:
+    """Why the connected role cannot run the plan's role statements (it lacks CREATEROLE), or None."""
+    role_steps = [s for s in plan.steps if s.sql.startswith(("CREATE ROLE", "ALTER ROLE", "GRANT \"", "REVOKE \""))]
+    if not role_steps:
+        return None
+    if _may_create_roles(conn):
+        return None
+    return (f"role {plan.admin!r} lacks the CREATEROLE privilege that {len(role_steps)} statement(s) of this plan "
+            f"need (CREATE ROLE, ALTER ROLE, role memberships): a DBA runs the plan's script, or grants it with "
+            f"ALTER ROLE {_q(plan.admin)} CREATEROLE")
 
 
 def _generated_password(spec: RoleSpec) -> tuple[str, str]:
@@ -640,15 +660,18 @@ def apply(database: str = "stackbook", dry_run: bool = False, env: str | None = 
                                     f"database {database} did not exist", on="cluster"))
     for attempt in (1, 2):
         try:
-            with db.connect(database, autocommit=False) as conn:
-                with conn.transaction():
-                    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (LOCK_KEY,))
-                    p = _plan_on(conn, database, True, generate=True, env=env)
-                    for step in p.steps:
-                        try:
-                            conn.execute(step.sql)
-                        except psycopg.Error as exc:
-                            raise _StepFailed(step, exc) from exc
+            with db.connect(database, autocommit=False) as conn, conn.transaction():
+                conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (LOCK_KEY,))
+                p = _plan_on(conn, database, True, generate=True, env=env)
+                missing = missing_createrole(conn, p)
+                if missing:
+                    raise ProvisionError(f"provisioning database {database!r} refused: {missing}; nothing "
+                                         "was applied")
+                for step in p.steps:
+                    try:
+                        conn.execute(step.sql)
+                    except psycopg.Error as exc:
+                        raise _StepFailed(step, exc) from exc
             applied += p.steps
             return Outcome(database, False, planned=applied, applied=applied, notes=p.notes)
         except _StepFailed as failed:

@@ -3,7 +3,8 @@
 An auditor shown the ledger asks whether anyone could have edited it since. Each
 entry of the chain holds a run's evidence fields (``run_entry``: who, what code,
 which parameters and environment file, the outcome, the executed notebook's hash)
-and ``hash = sha256(prev_hash + canonical_json(entry))``, so an edited field, a
+and ``hash = sha256(prev_hash + body)``, ``body`` being the entry's canonical JSON
+(kept as the exact text hashed; ``entry`` is the same as jsonb, to query), so an edited field, a
 deleted entry or a rewritten tail no longer links (``stackbook.run.evidence``
 verifies it). ``append`` runs in the transaction that finishes the run, under a
 transaction-level advisory lock, so concurrent runs extend one chain; ``seq`` is
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64  # the prev_hash of the first entry
+HASH_RE = re.compile(r"[0-9a-f]{64}")
 CHAIN_LOCK = 7_301_976  # advisory lock key serialising appends (next to ledger._SCHEMA_LOCK)
 
 #: the columns of a run that its chain entry holds, and verify compares with the row
@@ -44,10 +47,12 @@ create table if not exists stackbook.chain (
     kind text not null,
     ref text not null,
     entry jsonb not null,
+    body text not null,
     prev_hash text not null,
     hash text not null unique,
     at timestamptz not null default now()
 );
+alter table stackbook.chain add column if not exists body text;
 create index if not exists chain_ref on stackbook.chain (ref);
 revoke update, delete, truncate on stackbook.chain from public;
 create or replace function stackbook.chain_append_only() returns trigger language plpgsql as $$
@@ -105,11 +110,10 @@ def append(conn, kind: str, ref: str, entry: dict[str, Any]) -> tuple[int, str]:
     conn.execute("select pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
     last = conn.execute("select seq, hash from stackbook.chain order by seq desc limit 1").fetchone()
     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-    # hashed as jsonb will give it back (a float like 1e20 comes back an int), so verify recomputes the same text
-    entry = conn.execute("select %s::jsonb", (canonical_json(entry),)).fetchone()[0]
-    digest = link_hash(prev, entry)
-    conn.execute("insert into stackbook.chain (seq, kind, ref, entry, prev_hash, hash) values (%s, %s, %s, %s, %s, %s)",
-                 (seq, kind, ref, canonical_json(entry), prev, digest))
+    body = canonical_json(entry)
+    digest = sha256_text(prev + body)
+    conn.execute("insert into stackbook.chain (seq, kind, ref, entry, body, prev_hash, hash) "
+                 "values (%s, %s, %s, %s::jsonb, %s, %s, %s)", (seq, kind, ref, body, body, prev, digest))
     return seq, digest
 
 

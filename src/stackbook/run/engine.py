@@ -1,7 +1,8 @@
 """Running a runbook: check, record, execute, scrub, store.
 
 ``prepare`` does everything that can fail before a kernel starts (notebook,
-environment, parameters, approval, secrets) and raises a ``UsageError`` or
+environment, parameters, approval, secrets, the kernel's working directory and
+the injected parameters in the kernel's language) and raises a ``UsageError`` or
 ``RefusedError``; a parameter that holds a secret's value (``-p token=$TOKEN``)
 is one of those errors: secrets reach a runbook through its environment only.
 ``execute`` is the run's life: it checks that the run store can be written,
@@ -28,7 +29,7 @@ from stackbook.core import catalog, environments, notebooks, project
 from stackbook.core import params as params_mod
 from stackbook.core.errors import DatabaseUnavailable, ParameterError, RefusedError, UsageError  # noqa: F401
 from stackbook.core.results import read_results_file
-from stackbook.run import kernelspec, ledger, runstore, scrub
+from stackbook.run import evidence, kernelspec, ledger, runstore, scrub
 from stackbook.run.record import RunRecord
 
 UNSAFE_NO_SCRUB_ENV = "STACKBOOK_UNSAFE_NO_SCRUB"  # tests only: proves the canary search finds secrets
@@ -48,6 +49,7 @@ class RunOptions:
     attempt: int = 1
     extra_params: dict[str, Any] = field(default_factory=dict)  # from pipelines: below -p, above -f
     scrub_values: dict[str, str] = field(default_factory=dict)  # scrubbed, not given to the kernel (notify channels)
+    cwd: str | None = None  # the kernel's working directory; None: the project root for a runbook, else the caller's
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Prepared:
     params: dict[str, Any]
     secrets: dict[str, str]
     options: RunOptions
+    cwd: str = ""  # the kernel's working directory (``working_directory``)
 
 
 def prepare(name: str, options: RunOptions) -> Prepared:
@@ -74,10 +77,32 @@ def prepare(name: str, options: RunOptions) -> Prepared:
     )
     check_approval(runbook, env, values, options.approved_by)
     kernelspec.check(runbook.kernel, runbook=runbook.name)  # a kernel not installed here: exit 2, nothing recorded
+    _injectable(runbook, values)  # a language papermill cannot write parameters in: exit 2, nothing recorded
     found = scrub.collect(runbook.metadata.get("secrets", []), env.name, runbook.name)
     found.update(scrub.collect_optional(runbook.metadata.get("optional_secrets", []), env.name))
     check_no_secret_params(values, {**options.scrub_values, **_database_password(), **found}, runbook.name, env.name)
-    return Prepared(runbook=runbook, env=env, params=values, secrets=found, options=options)
+    return Prepared(runbook=runbook, env=env, params=values, secrets=found, options=options,
+                    cwd=working_directory(runbook, options.cwd))
+
+
+def _injectable(runbook: notebooks.Runbook, values: dict[str, Any]) -> None:
+    """NotebookError (exit 2) unless papermill's translators can write VALUES in the runbook's language."""
+    if not runbook.typed:
+        from stackbook.run import execution
+
+        execution.parameters_source(runbook, values)
+
+
+def working_directory(runbook: notebooks.Runbook, cwd: str | None) -> str:
+    """The kernel's working directory: CWD (``--cwd``) when given, else the project root for a runbook under
+    ``runbooks/`` and the caller's working directory for a notebook given by path, as papermill has it."""
+    if cwd is None:
+        return str(project.root() if catalog.is_runbook_path(runbook.path) else os.getcwd())
+    path = os.path.abspath(os.path.expanduser(cwd))
+    if not os.path.isdir(path):
+        raise UsageError(f"--cwd {cwd}: no such directory; give an existing folder for the kernel to run in "
+                         "(nothing was executed)", runbook=runbook.name)
+    return path
 
 
 def check_approval(runbook: notebooks.Runbook, env: environments.Environment, values: dict, approved_by: str | None):
@@ -199,6 +224,7 @@ def execute(prep: Prepared, on_start: Callable[[str], None] | None = None) -> Ru
                          params=scrubber.obj(prep.params), output=output,
                          exclusive=bool(runbook.metadata.get("exclusive")),
                          git_commit=project.git_commit(), approved_by=opts.approved_by,
+                         provenance=evidence.provenance(runbook, env, scrubber.obj(prep.params)),
                          pipeline_run_id=opts.pipeline_run_id, attempt=opts.attempt, redact=scrubber.text) as row:
         if on_start:
             on_start(run_id)
@@ -212,8 +238,8 @@ def execute(prep: Prepared, on_start: Callable[[str], None] | None = None) -> Ru
         kernel_env = kernel.environment(prep, run_id=run_id, output=output, database_url=database_url,
                                         results_file=results_file)
         with kernel.ScrubbedLogs(scrubber):
-            outcome = _execute_cells(notebook, kern, kernel_env, _Progress(opts.progress, runbook.name,
-                                                                           len(notebook.code_cells())))
+            progress = _Progress(opts.progress, runbook.name, len(notebook.code_cells()))
+            outcome = _execute_cells(notebook, kern, kernel_env, progress, prep.cwd or str(project.root()))
         results = scrubber.obj(read_results_file(str(results_file)))
         results_file.unlink(missing_ok=True)
         record = _finish(row, notebook, outcome, results, scrubber)
@@ -222,23 +248,25 @@ def execute(prep: Prepared, on_start: Callable[[str], None] | None = None) -> Ru
     return record
 
 
-def _execute_cells(notebook, kern, kernel_env: dict[str, str], progress: _Progress):
+def _execute_cells(notebook, kern, kernel_env: dict[str, str], progress: _Progress, cwd: str):
     """Every code cell in the kernel, papermill's metadata kept; the outcome (``kernel.Outcome``)."""
     from stackbook.run.kernel import Outcome
 
     try:
         notebook.notebook_start()  # the first save: a store that fails now fails the run, recorded
-        with kern.running(env=kernel_env, cwd=str(project.root())):
+        with kern.running(env=kernel_env, cwd=cwd):
             for done, (index, cell) in enumerate(notebook.code_cells()):
                 notebook.cell_start(cell, index)
                 try:
-                    kern.execute_cell(cell, index)
+                    go_on = kern.execute_cell(cell, index)
                 except BaseException:
                     notebook.cell_exception(cell, index)
                     raise
                 finally:
                     seconds = notebook.cell_complete(cell, index)
                 progress.cell_done(done, seconds)
+                if not go_on:  # sys.exit(0) and the like: the run ends here, successfully (papermill's rule)
+                    break
     except (Exception, KeyboardInterrupt) as exc:  # recorded in the row: the cell, the error, the reason
         outcome = kern.outcome_of(exc, notebook.cell_index)
         if outcome.mark_cell is not None:
@@ -259,7 +287,8 @@ def _finish(row: ledger.OpenRun, notebook, outcome, results: dict, scrubber: scr
     except Exception as exc:  # any failure of the run store (papermill's handlers raise their own): recorded
         reason = f"{reason + '; ' if reason else ''}executed notebook not written: {exc}"
         status = "failed" if status == "succeeded" else status
-    return row.finish(status, results=results, error=error, reason=scrubber.text(reason) if reason else None)
+    return row.finish(status, results=results, error=error, reason=scrubber.text(reason) if reason else None,
+                      notebook_sha256=notebook.sha256)
 
 
 def run(name: str, options: RunOptions | None = None, on_start: Callable[[str], None] | None = None) -> RunRecord:

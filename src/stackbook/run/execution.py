@@ -8,6 +8,13 @@ papermill's error markers, and the save to the run store: every secret scrubbed
 first, at the start, every ``AUTOSAVE_EVERY_S`` while cells complete, and at the
 end. Papermill's tools (and people used to them) read the result as their own.
 
+The injected cell is in the kernel's language: Python as ``name = repr(value)``,
+any other through papermill's translators (``parameters_source``: R, Julia,
+Scala, bash, PowerShell, ...); a language papermill has no translator for is a
+usage error before anything runs. Indexes of cells (``cell_index``, the ledger's
+``error.cell_index``) are indexes in the notebook as it is stored: the injected
+cell counts, and so do the error markers once ``mark_error`` has placed them.
+
 A cell that raised, or was running when the kernel died, the run timed out or
 was cancelled, ends ``failed``: ``cell_exception`` marks it before
 ``cell_complete``, which never overwrites ``failed`` with ``completed``.
@@ -15,12 +22,14 @@ was cancelled, ends ``failed``: ``cell_exception`` marks it before
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from stackbook.core import notebooks
+from stackbook.core.errors import NotebookError
 from stackbook.run import runstore, scrub
 
 AUTOSAVE_EVERY_S = 10.0
@@ -34,6 +43,7 @@ ERROR_ANCHOR_MSG = (
     f'<span id="papermill-error-cell" {_ERROR_STYLE}>Execution using papermill encountered an exception here '
     "and stopped:</span>"
 )
+MARKER_CELLS = 2  # papermill's error markers before a failing cell: the banner (first) and the anchor
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
 
 
@@ -43,6 +53,22 @@ def _now() -> datetime:
 
 def _tagged(cell, tag: str) -> bool:
     return tag in cell.get("metadata", {}).get("tags", [])
+
+
+def parameters_source(runbook: notebooks.Runbook, params: dict[str, Any]) -> str:
+    """The injected cell's code: PARAMS assigned in the runbook's language; NotebookError (exit 2) for a
+    language papermill cannot write parameters in."""
+    if runbook.typed:
+        return "\n".join(["# Parameters"] + [f"{k} = {v!r}" for k, v in params.items()]) + "\n"
+    from papermill.exceptions import PapermillException
+    from papermill.translators import translate_parameters
+
+    try:
+        return translate_parameters(runbook.kernel, runbook.language, params, "Parameters")
+    except PapermillException as exc:
+        raise NotebookError(f"{runbook.path}: cannot pass parameters to kernel {runbook.kernel!r} (language "
+                            f"{runbook.language!r}): {exc}; use a kernel whose language papermill's translators "
+                            "know (python, R, julia, scala, matlab, bash, .net-*)", runbook=runbook.name) from None
 
 
 class NotebookExecution:
@@ -55,6 +81,7 @@ class NotebookExecution:
         self.cell_index: int | None = None  # the cell running now, or the last one that ran
         self._cell_t0 = 0.0
         self._last_save = 0.0
+        self.sha256: str | None = None  # of the bytes the last successful save wrote (the run ledger records it)
 
     @classmethod
     def from_runbook(cls, runbook: notebooks.Runbook, params: dict[str, Any], *, output: str,
@@ -68,12 +95,13 @@ class NotebookExecution:
             if isinstance(cell.get("source"), list):
                 cell.source = "".join(cell.source)
         nb.cells = [c for c in nb.cells if not _tagged(c, PARAMETERS_TAG) and not _tagged(c, ERROR_MARKER_TAG)]
-        lines = ["# Parameters"] + [f"{k} = {v!r}" for k, v in params.items()]
-        cell = nbformat.v4.new_code_cell(source="\n".join(lines) + "\n")
-        cell.metadata["tags"] = [PARAMETERS_TAG]
-        cell.pop("id", None)
-        index = runbook.parameters_cell_index if runbook.parameters_cell_index is not None else -1
-        nb.cells.insert(index + 1, cell)
+        # the parameters cell found again: a notebook papermill or stackbook executed had cells removed above
+        index = next((i for i, c in enumerate(nb.cells) if _tagged(c, notebooks.PARAMETERS_TAG)), None)
+        if index is not None or params:  # a notebook with neither gets no injected cell, as with papermill
+            cell = nbformat.v4.new_code_cell(source=parameters_source(runbook, params))
+            cell.metadata["tags"] = [PARAMETERS_TAG]
+            cell.pop("id", None)
+            nb.cells.insert((index if index is not None else -1) + 1, cell)
         return cls(nb, output=output, scrubber=scrubber, params=params, input_path=str(runbook.path))
 
     def code_cells(self) -> list[tuple[int, Any]]:
@@ -113,8 +141,9 @@ class NotebookExecution:
                 self.save()
         return seconds
 
-    def mark_error(self, index: int) -> None:
-        """Papermill's markers: a banner first, an anchor right before the failing cell INDEX."""
+    def mark_error(self, index: int) -> int:
+        """Papermill's markers: a banner first, an anchor right before the failing cell INDEX; returns the
+        failing cell's index in the notebook as stored (INDEX + 2: the banner and the anchor precede it)."""
         import nbformat
 
         count = self.nb.cells[index].get("execution_count")
@@ -124,6 +153,7 @@ class NotebookExecution:
         banner.metadata["tags"] = [ERROR_MARKER_TAG]
         self.nb.cells.insert(index, anchor)
         self.nb.cells.insert(0, banner)
+        return index + MARKER_CELLS
 
     def notebook_complete(self, run: dict[str, Any]) -> None:
         """The run's record in ``metadata.stackbook.run``, papermill's duration and end time; the final save."""
@@ -137,4 +167,5 @@ class NotebookExecution:
         self.nb.metadata["papermill"]["end_time"] = _now().isoformat() if final else None
         text = json.dumps(self.scrubber.obj(self.nb), indent=1, ensure_ascii=False, sort_keys=True) + "\n"
         runstore.write_text(self.output, text)
+        self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
         self._last_save = time.monotonic()

@@ -7,7 +7,11 @@ host can talk to it; and it is killed, not asked, when the run ends. Its pid
 goes to the ledger row as soon as it is known, so a runner that dies does not
 leave an orphan (the reaper kills it). ``Watchdog`` ends a run that exceeds its
 whole-run timeout; ``Kernel.outcome_of`` turns what nbclient raised into the
-ledger's status, reason and error.
+ledger's status, reason and error, the failing cell's index as the executed
+notebook stores it (after the injected cell and papermill's two error markers).
+A cell that ends with ``sys.exit()``, ``sys.exit(0)`` or ``raise SystemExit``
+ends the run there, successfully, as papermill has it (``clean_exit``); any other
+exit status fails it.
 
 What the kernel sees and what it leaves: ``environment`` gives it a deliberate
 environment (what a Python kernel needs to run, stackbook's own variables, the
@@ -56,6 +60,7 @@ from stackbook.core import project  # noqa: E402
 from stackbook.core.privacy import TELEMETRY_OFF  # noqa: E402
 from stackbook.core.results import RESULTS_ENV  # noqa: E402
 from stackbook.run import runstore, scrub  # noqa: E402
+from stackbook.run.execution import MARKER_CELLS  # noqa: E402
 
 KERNEL_START_TIMEOUT_S = 60
 TIMEOUT_GRACE_S = 10.0  # between the watchdog's interrupt and its kill
@@ -132,10 +137,10 @@ def _passed_through(environ: dict[str, str], listed: list[str]) -> dict[str, str
 def environment(prep: Any, *, run_id: str, output: str, database_url: str, results_file: Path) -> dict[str, str]:
     """The kernel's environment: the runner's allowlisted variables and ``kernel_env:`` names, telemetry off,
     the runbook's declared secrets, the run's identity, and the AWS credentials and endpoint only when the run
-    store is s3:// (``runstore.kernel_variables``). Nothing else of the runner's environment."""
+    store or the DR backup store is s3:// (``runstore.kernel_variables``). Nothing else of the runner's environment."""
     env = {
         **_passed_through(dict(os.environ), prep.env.kernel_env),
-        **runstore.kernel_variables(output, dict(os.environ), prep.env.get("s3_endpoint")),  # s3:// store only
+        **runstore.kernel_variables(output, dict(os.environ), prep.env),  # s3:// stores only
         **TELEMETRY_OFF,
         **prep.secrets,
         "DATABASE_URL": database_url,
@@ -288,7 +293,7 @@ class Outcome:
     status: str = "succeeded"
     reason: str | None = None
     error: dict | None = None
-    mark_cell: int | None = None  # index of the cell the error markers point at, if any
+    mark_cell: int | None = None  # index (before the markers) of the cell the error markers point at, if any
 
 
 class Watchdog:
@@ -314,6 +319,13 @@ class Watchdog:
         if self._stop.wait(TIMEOUT_GRACE_S):
             return
         self.kernel.signal(signal.SIGKILL)
+
+
+def clean_exit(exc: BaseException) -> bool:
+    """Whether EXC is a cell's ``SystemExit`` with no status or status 0, which papermill counts as success."""
+    from nbclient.exceptions import CellExecutionError
+
+    return isinstance(exc, CellExecutionError) and exc.ename == "SystemExit" and exc.evalue in ("", "0", "None")
 
 
 class Kernel:
@@ -369,8 +381,17 @@ class Kernel:
             print(f"stackbook: run {self.run_id}: ended {len(ended)} process{'es' if len(ended) > 1 else ''} it "
                   f"left running (pid {', '.join(map(str, ended))})", file=sys.stderr, flush=True)
 
-    def execute_cell(self, cell, index: int) -> None:
-        self.client.execute_cell(cell, index)
+    def execute_cell(self, cell, index: int) -> bool:
+        """Run CELL; False when it ended the run successfully (``clean_exit``): no later cell is to run."""
+        from nbclient.exceptions import CellExecutionError
+
+        try:
+            self.client.execute_cell(cell, index)
+        except CellExecutionError as exc:
+            if clean_exit(exc) and not self.timed_out:
+                return False
+            raise
+        return True
 
     @property
     def timed_out(self) -> bool:
@@ -400,25 +421,28 @@ class Kernel:
         """The ledger's view of EXC, raised while cell CELL ran (None: before any cell)."""
         from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+        stored = cell + MARKER_CELLS if cell is not None else None  # where the cell is once marked
         if isinstance(exc, CellExecutionError):
             if self.timed_out:
                 status, reason = "timed_out", f"run exceeded its timeout of {self.run_timeout} s"
+            elif exc.ename == "SystemExit":
+                status, reason = "failed", f"cell {stored} exited with status {exc.evalue} (SystemExit)"
             else:
-                status, reason = "failed", f"cell {cell} raised {exc.ename}"
-            error = {"cell_index": cell, "ename": exc.ename, "evalue": exc.evalue,
+                status, reason = "failed", f"cell {stored} raised {exc.ename}"
+            error = {"cell_index": stored, "ename": exc.ename, "evalue": exc.evalue,
                      "traceback": exc.traceback if isinstance(exc.traceback, str) else None}
             return Outcome(status, reason, error, mark_cell=cell)
         if isinstance(exc, CellTimeoutError):
-            reason = f"cell {cell} ran longer than --cell-timeout {self.cell_timeout} s"
+            reason = f"cell {stored} ran longer than --cell-timeout {self.cell_timeout} s"
             evalue = str(exc).splitlines()[0] if str(exc) else reason
-            return Outcome("timed_out", reason, {"cell_index": cell, "ename": "CellTimeoutError", "evalue": evalue},
-                           mark_cell=cell)
+            return Outcome("timed_out", reason, {"cell_index": stored, "ename": "CellTimeoutError",
+                                                 "evalue": evalue}, mark_cell=cell)
         if isinstance(exc, DeadKernelError):
             if self.timed_out:
                 status, reason = "timed_out", f"run exceeded its timeout of {self.run_timeout} s (kernel killed)"
             else:
-                status, reason = "failed", f"kernel died while executing cell {cell}"
-            return Outcome(status, reason, {"cell_index": cell, "ename": "DeadKernelError", "evalue": reason},
+                status, reason = "failed", f"kernel died while executing cell {stored}"
+            return Outcome(status, reason, {"cell_index": stored, "ename": "DeadKernelError", "evalue": reason},
                            mark_cell=cell)
         if isinstance(exc, KeyboardInterrupt):
             return Outcome("cancelled", "interrupted (Ctrl-C or SIGTERM); partial notebook kept",

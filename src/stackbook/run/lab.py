@@ -6,9 +6,9 @@ import os
 import sys
 
 from stackbook.core import catalog, environments, project
-from stackbook.run import scrub
-from stackbook.core.results import RESULTS_ENV
 from stackbook.core.privacy import TELEMETRY_OFF
+from stackbook.core.results import RESULTS_ENV
+from stackbook.run import scrub
 
 
 def lab_environment(env_name: str) -> dict[str, str]:

@@ -39,7 +39,7 @@ from typing import Any
 
 from stackbook.core.errors import LedgerUnreachable, RefusedError
 from stackbook.run import chain, db, spool
-from stackbook.run.record import COLUMNS, NEVER_STARTED, STATES, RunRecord  # noqa: F401 (re-exported)
+from stackbook.run.record import COLUMNS, NEVER_STARTED, STATES, Provenance, RunRecord  # noqa: F401 (re-exported)
 
 HEARTBEAT_INTERVAL_S = float(os.environ.get("STACKBOOK_HEARTBEAT_INTERVAL", "10"))
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("STACKBOOK_HEARTBEAT_TIMEOUT", "60"))
@@ -91,8 +91,9 @@ def ensure_schema(conn) -> None:
     key = conn.info.dsn
     if key in _ready:
         return
-    # the chain is the newest part: a ledger that has it has every column too
-    exists = conn.execute("select to_regclass('stackbook.chain') is not null").fetchone()[0]
+    # the chain's body column is the newest part: a ledger that has it has every column too
+    exists = conn.execute("select exists (select 1 from pg_attribute where attrelid = to_regclass('stackbook.chain') "
+                          "and attname = 'body')").fetchone()[0]
     if not exists:
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -111,26 +112,33 @@ def _query(conn, sql: str, args: tuple | dict = ()) -> list[dict]:
 
 def start_run(conn, *, run_id: str, runbook: str, path: str, env: str, params: dict, output: str,
               git_commit: str | None, approved_by: str | None = None, pipeline_run_id: str | None = None,
-              attempt: int = 1) -> None:
+              attempt: int = 1, provenance: Provenance | None = None) -> None:
+    """The ``running`` row; PROVENANCE's operator None with operator_verified: the session's role."""
+    prov = provenance or Provenance()
     conn.execute(
         """insert into stackbook.runs (id, runbook, path, env, status, params, output, host, pid, git_commit,
-                                       approved_by, pipeline_run_id, attempt)
-           values (%s, %s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                       approved_by, pipeline_run_id, attempt, operator, operator_verified,
+                                       code_sha256, params_sha256, env_file_sha256, git_dirty)
+           values (%s, %s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s,
+                   case when %s then coalesce(%s, session_user::text) else %s end, %s, %s, %s, %s, %s)""",
         (run_id, runbook, path, env, json.dumps(params), output, hostname(), os.getpid(), git_commit,
-         approved_by, pipeline_run_id, attempt),
+         approved_by, pipeline_run_id, attempt, prov.operator_verified, prov.operator, prov.operator,
+         prov.operator_verified, prov.code_sha256, prov.params_sha256, prov.env_file_sha256, prov.git_dirty),
     )
 
 
 def insert_final(conn, *, run_id: str, runbook: str, env: str, status: str, reason: str | None = None,
                  params: dict | None = None, pipeline_run_id: str | None = None, path: str | None = None) -> None:
-    """A row for a run that never started (``NEVER_STARTED``: skipped, upstream_failed, refused)."""
-    conn.execute(
-        """insert into stackbook.runs (id, runbook, path, env, status, params, host, pid, reason, pipeline_run_id,
-                                       finished_at, duration_s)
-           values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), 0)""",
-        (run_id, runbook, path, env, status, json.dumps(params or {}), hostname(), os.getpid(), reason,
-         pipeline_run_id),
-    )
+    """A row for a run that never started (``NEVER_STARTED``: skipped, upstream_failed, refused), in the chain."""
+    with conn.transaction():
+        conn.execute(
+            """insert into stackbook.runs (id, runbook, path, env, status, params, host, pid, reason, pipeline_run_id,
+                                           finished_at, duration_s)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), 0)""",
+            (run_id, runbook, path, env, status, json.dumps(params or {}), hostname(), os.getpid(), reason,
+             pipeline_run_id),
+        )
+        chain.append_run(conn, run_id)
 
 
 def set_kernel_pid(conn, run_id: str, pid: int | None) -> None:
@@ -142,16 +150,20 @@ def heartbeat(conn, run_id: str) -> None:
 
 
 def finish_run(conn, run_id: str, *, status: str, results: dict, error: dict | None,
-               reason: str | None, kernel_pid: int | None = None) -> RunRecord:
-    """The row's final state (KERNEL_PID fills a pid the database was away to receive)."""
-    conn.execute(
-        """update stackbook.runs
-              set status = %s, results = %s, error = %s, reason = %s, finished_at = now(),
-                  duration_s = extract(epoch from now() - started_at), heartbeat_at = now(),
-                  kernel_pid = coalesce(kernel_pid, %s)
-            where id = %s""",
-        (status, json.dumps(results), json.dumps(error) if error else None, reason, kernel_pid, run_id),
-    )
+               reason: str | None, kernel_pid: int | None = None, notebook_sha256: str | None = None) -> RunRecord:
+    """The row's final state (KERNEL_PID fills a pid the database was away to receive) and its chain entry,
+    in one transaction: a finished run is in the chain, or not finished."""
+    with conn.transaction():
+        conn.execute(
+            """update stackbook.runs
+                  set status = %s, results = %s, error = %s, reason = %s, finished_at = now(),
+                      duration_s = extract(epoch from now() - started_at), heartbeat_at = now(),
+                      kernel_pid = coalesce(kernel_pid, %s), notebook_sha256 = %s
+                where id = %s""",
+            (status, json.dumps(results), json.dumps(error) if error else None, reason, kernel_pid,
+             notebook_sha256, run_id),
+        )
+        chain.append_run(conn, run_id)
     return get_run(conn, run_id)
 
 
@@ -240,19 +252,28 @@ def reap(conn, timeout_s: float | None = None) -> list[str]:
             continue
         if row["host"] == me and _kill_orphan_kernel(row["kernel_pid"]):
             reason += f"; orphaned kernel {row['kernel_pid']} killed"
+        if _mark_stale(conn, row["id"], reason):
+            reaped.append(row["id"])
+            if row["host"] == me:
+                _remove_run_files(row["id"])
+    return reaped
+
+
+def _mark_stale(conn, run_id: str, reason: str) -> bool:
+    """RUN_ID ``failed`` as stale, with its chain entry; False when it finished meanwhile."""
+    with conn.transaction():
         cur = conn.execute(
             """update stackbook.runs set status = 'failed', reason = %s, finished_at = now(),
                       duration_s = extract(epoch from now() - started_at),
                       error = coalesce(error, jsonb_build_object('cell_index', null, 'ename', 'StaleRun',
                                                                  'evalue', %s::text))
                 where id = %s and status = 'running'""",
-            (reason, reason, row["id"]),
+            (reason, reason, run_id),
         )
-        if cur.rowcount:
-            reaped.append(row["id"])
-            if row["host"] == me:
-                _remove_run_files(row["id"])
-    return reaped
+        if not cur.rowcount:
+            return False
+        chain.append_run(conn, run_id)
+    return True
 
 
 def _remove_run_files(run_id: str) -> None:
@@ -379,9 +400,11 @@ class OpenRun:
         return found or replace(self._row)
 
     def finish(self, status: str, *, results: dict | None = None, error: dict | None = None,
-               reason: str | None = None) -> RunRecord:
-        """The row's final state (values already scrubbed by the caller); returns the finished record."""
+               reason: str | None = None, notebook_sha256: str | None = None) -> RunRecord:
+        """The row's final state (values already scrubbed by the caller) and its chain entry; returns the
+        finished record. NOTEBOOK_SHA256: of the executed notebook's bytes as the run store holds them."""
         results = results or {}
+        self._row.notebook_sha256 = notebook_sha256
         final = partial(self._write_final, status=status, results=results, error=error, reason=reason)
         try:
             self.record = self.link.run(final, budget_s=db.retry_budget_s())
@@ -399,7 +422,7 @@ class OpenRun:
                      reason: str | None) -> RunRecord:
         # the note is read here, after the link's reconnection (and its relock) for this very write
         return finish_run(conn, self.run_id, status=status, results=results, error=error, reason=self._noted(reason),
-                          kernel_pid=self._row.kernel_pid)
+                          kernel_pid=self._row.kernel_pid, notebook_sha256=self._row.notebook_sha256)
 
     def _spool(self, status: str, results: dict, error: dict | None, reason: str | None,
                exc: LedgerUnreachable) -> RunRecord:
@@ -430,7 +453,7 @@ class OpenRun:
 def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: dict, output: str,
              exclusive: bool = False, git_commit: str | None = None, approved_by: str | None = None,
              pipeline_run_id: str | None = None, attempt: int = 1,
-             redact: Callable[[str], str] | None = None) -> Iterator[OpenRun]:
+             redact: Callable[[str], str] | None = None, provenance: Provenance | None = None) -> Iterator[OpenRun]:
     """A ``running`` row for the block; finished and disconnected on every path out of it.
 
     An exclusive runbook's lock is taken first (held: ``RefusedError``, exit 3, no row). A block that
@@ -442,7 +465,8 @@ def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: d
         if exclusive:
             _lock_or_refuse(conn, runbook, env)
         start_run(conn, run_id=run_id, runbook=runbook, path=path, env=env, params=params, output=output,
-                  git_commit=git_commit, approved_by=approved_by, pipeline_run_id=pipeline_run_id, attempt=attempt)
+                  git_commit=git_commit, approved_by=approved_by, pipeline_run_id=pipeline_run_id, attempt=attempt,
+                  provenance=provenance)
         link = db.Link(conn)
         run = OpenRun(link, get_run(conn, run_id), redact or str, exclusive=exclusive)
         link.on_reconnect = run.relock

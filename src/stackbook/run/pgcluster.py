@@ -486,7 +486,10 @@ def check_url(value: str, variable: str = "DATABASE_URL") -> None:
 
 
 def database_url(dbname: str = "stackbook") -> str:
-    """The URL every part of stackbook connects to: $DATABASE_URL, else the local cluster."""
+    """The URL every part of stackbook connects to: $DATABASE_URL, else the local cluster.
+
+    For another database of $DATABASE_URL's server only the path changes: user, host and the query
+    (``sslmode``, ``sslrootcert`` ...) are kept, so MLflow and the drill connect as verified as the ledger."""
     external = os.environ.get("DATABASE_URL")
     if external:
         check_url(external)

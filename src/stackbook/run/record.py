@@ -106,6 +106,19 @@ class RunRecord:
         return f"runbook {self.runbook!r} {self.status}{where}{what} (run {self.id}, notebook {self.output})"
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """The evidence of a run known before it starts (``stackbook.run.evidence.provenance``), written with its row.
+    ``operator`` None with ``operator_verified``: the database session's role (``identity: database``)."""
+
+    operator: str | None = None
+    operator_verified: bool = False
+    code_sha256: str | None = None
+    params_sha256: str | None = None
+    env_file_sha256: str | None = None
+    git_dirty: bool | None = None
+
+
 COLUMNS = tuple(f.name for f in fields(RunRecord))
 STATES = ("running", "succeeded", "failed", "timed_out", "cancelled", "upstream_failed", "skipped", "refused")
 NEVER_STARTED = ("skipped", "upstream_failed", "refused")  # rows of runs that never started: no notebook, no kernel

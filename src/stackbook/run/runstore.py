@@ -119,6 +119,18 @@ def endpoint_url(env_endpoint: str | None = None) -> str | None:
             or os.environ.get("BOTO3_ENDPOINT_URL") or None)
 
 
+def env_endpoint(env: str | None) -> str | None:
+    """The ``s3_endpoint`` of environment ENV's file (None without one, or when the file is gone or broken:
+    boto3's own endpoint then): where that environment's s3:// notebooks are, for readers of old runs."""
+    from stackbook.core import environments
+    from stackbook.core.errors import EnvironmentFileError
+
+    try:
+        return environments.load(env).get("s3_endpoint") if env else None
+    except EnvironmentFileError:
+        return None
+
+
 def split(loc: str) -> tuple[str, str]:
     """(bucket, key) of ``s3://bucket/key``."""
     bucket, _, key = loc.removeprefix("s3://").partition("/")
@@ -128,22 +140,17 @@ def split(loc: str) -> tuple[str, str]:
 def use_endpoint(endpoint: str | None, keep: bool = False) -> None:
     """Make papermill's S3 handler (one boto3 session per process) talk to ENDPOINT (``endpoint_url``);
     KEEP: leave a session already made as it is."""
+    from boto3.session import Session
     from papermill.s3 import S3
 
     url = endpoint_url(endpoint)
     with S3.lock:
         if _session_endpoint and (keep or _session_endpoint[0] == url):
             return
-        session = _session()
+        session = Session()
         kwargs = {"endpoint_url": url} if url else {}
         S3.s3_session = (session, session.client("s3", **kwargs), session.resource("s3", **kwargs))
         _session_endpoint[:] = [url]
-
-
-def _session():
-    from boto3.session import Session
-
-    return Session()
 
 
 def client(endpoint: str | None = None):
@@ -155,16 +162,34 @@ def client(endpoint: str | None = None):
 
 
 def read_bytes(loc: str, endpoint: str | None = None) -> bytes:
-    """The object at s3:// LOC; FileNotFoundError when the bucket has no such key."""
-    from botocore.exceptions import ClientError
+    """The stored bytes of the notebook LOC, exactly as written (``stackbook verify`` hashes them); an s3://
+    object through papermill's boto3 client at ENDPOINT (``use_endpoint``), other remote schemes through
+    papermill (their text, UTF-8). FileNotFoundError when gone; UsageError when the bucket refuses."""
+    if loc.startswith("s3://"):
+        return _s3_object(loc, endpoint)
+    if is_remote(loc):
+        from papermill.iorw import papermill_io
+
+        return papermill_io.read(loc).encode("utf-8")
+    return _local(loc).read_bytes()
+
+
+def _s3_object(loc: str, endpoint: str | None) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split(loc)
     try:
         return client(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if _code(exc) in ("NoSuchKey", "404"):
+        code = _code(exc)
+        if code in ("NoSuchKey", "404", "NotFound"):
             raise FileNotFoundError(loc) from None
-        raise
+        raise UsageError(f"the run store cannot read {loc} (S3 error {code}): check the AWS credentials and "
+                         "endpoint (AWS_PROFILE, AWS_ENDPOINT_URL or the environment's s3_endpoint) of this shell"
+                         ) from None
+    except BotoCoreError as exc:
+        raise UsageError(f"the run store cannot read {loc}: {exc}; check the environment's s3_endpoint "
+                         "(or $AWS_ENDPOINT_URL) and the AWS credentials") from None
 
 
 def _code(exc) -> str:
@@ -204,13 +229,15 @@ def _refusal(where: str, bucket: str, code: str, exc) -> str:
     return f"the {where} cannot be written ({code}: {exc}); nothing was executed"
 
 
-def kernel_variables(loc: str, environ: dict[str, str], env_endpoint: str | None = None) -> dict[str, str]:
-    """What a kernel needs to write to an s3:// run store LOC: the runner's AWS credentials and settings,
-    and the endpoint as ``AWS_ENDPOINT_URL_S3``; nothing for any other store."""
-    if not loc.startswith("s3://"):
+def kernel_variables(loc: str, environ: dict[str, str], env) -> dict[str, str]:
+    """What a kernel needs to reach object storage, when the run's notebook LOC or the DR backups of ENV
+    (an ``Environment``: ``dr.backup_store``) are s3://: the runner's AWS credentials and settings, and the
+    endpoint as ``AWS_ENDPOINT_URL_S3``. Nothing otherwise: a kernel gets no credential it has no use for."""
+    dr = env.get("dr") if isinstance(env.get("dr"), dict) else {}
+    if not (loc.startswith("s3://") or str(dr.get("backup_store") or "").startswith("s3://")):
         return {}
     found = {name: environ[name] for name in S3_KERNEL_VARIABLES if environ.get(name)}
-    url = endpoint_url(env_endpoint)
+    url = endpoint_url(env.get("s3_endpoint"))
     if url:
         found["AWS_ENDPOINT_URL_S3"] = url
     return found

@@ -73,7 +73,7 @@ def pending(target: str) -> list[Path]:
 _UPDATE = """update stackbook.runs
                 set status = %(status)s, results = %(results)s, error = %(error)s, reason = %(reason)s,
                     finished_at = %(finished_at)s, duration_s = %(duration_s)s, heartbeat_at = %(heartbeat_at)s,
-                    kernel_pid = coalesce(kernel_pid, %(kernel_pid)s)
+                    kernel_pid = coalesce(kernel_pid, %(kernel_pid)s), notebook_sha256 = %(notebook_sha256)s
               where id = %(id)s
                 and (status = 'running' or (status = 'failed' and error ->> 'ename' = 'StaleRun'))"""
 _INSERT = (f"insert into stackbook.runs ({', '.join(COLUMNS)}) values ({', '.join(f'%({c})s' for c in COLUMNS)}) "
@@ -81,14 +81,19 @@ _INSERT = (f"insert into stackbook.runs ({', '.join(COLUMNS)}) values ({', '.joi
 
 
 def apply(conn, record: RunRecord) -> bool:
-    """RECORD into the ledger: the row updated when still running (or reaped as stale), inserted when missing.
-    False when the row was finished some other way (left as it is)."""
+    """RECORD into the ledger: the row updated when still running (or reaped as stale), inserted when missing,
+    and its chain entry appended in the same transaction. False when the row was finished some other way (left
+    as it is)."""
+    from stackbook.run import chain
+
     doc = record.to_document()
     for key in ("params", "results", "error"):
         doc[key] = json.dumps(doc[key]) if doc[key] is not None else None
-    if conn.execute(_UPDATE, doc).rowcount:
-        return True
-    return bool(conn.execute(_INSERT, doc).rowcount)
+    with conn.transaction():
+        if not (conn.execute(_UPDATE, doc).rowcount or conn.execute(_INSERT, doc).rowcount):
+            return False
+        chain.append_run(conn, record.id)
+    return True
 
 
 def drain(conn) -> list[str]:

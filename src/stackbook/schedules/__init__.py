@@ -24,7 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackbook.core.errors import ScheduleError, StackbookError
+from stackbook.core.errors import (
+    ScheduleError as ScheduleError,  # re-exported: `from stackbook.schedules import ScheduleError`
+)
+from stackbook.core.errors import StackbookError
 
 DEFAULT_SCHEDULE_ENV = "prod"
 CHECK_SCHEDULE = "*/15 * * * *"  # `stackbook check`: stale or failing runbooks, told once per episode

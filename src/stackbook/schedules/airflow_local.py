@@ -165,7 +165,9 @@ def _kept_secrets(cfg: Path) -> dict[str, str]:
     if cfg.exists():
         parser.read(cfg, encoding="utf-8")
     fernet = parser.get("core", "fernet_key", fallback="") or base64.urlsafe_b64encode(os.urandom(32)).decode()
-    jwt = parser.get("api_auth", "jwt_secret", fallback="") or secrets.token_urlsafe(32)
+    jwt = parser.get("api_auth", "jwt_secret", fallback="")
+    if len(jwt) < 64:  # HS512 wants at least 64 bytes; a new secret only ends the tokens of the last start
+        jwt = secrets.token_urlsafe(64)
     return {"fernet_key": fernet.replace("%%", "%"), "jwt_secret": jwt.replace("%%", "%")}
 
 

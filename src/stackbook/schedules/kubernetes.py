@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from stackbook.core.errors import ManifestError
 from stackbook.k8s import cronjobs
-from stackbook.schedules import CHECK_SCHEDULE, CHECK_TIMEOUT_S, DEFAULT_SCHEDULE_ENV, Scheduled, ScheduleError, scheduled
+from stackbook.schedules import (
+    CHECK_SCHEDULE,
+    CHECK_TIMEOUT_S,
+    DEFAULT_SCHEDULE_ENV,
+    Scheduled,
+    ScheduleError,
+    scheduled,
+)
 
 write = cronjobs.write
 dump = cronjobs.dump

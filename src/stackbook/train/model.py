@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from stackbook.run import db
 from stackbook.core import environments, project
 from stackbook.core.errors import TrainingError  # noqa: F401 (re-exported)
+from stackbook.run import db
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from stackbook.run import db, runstore
 from stackbook.core import environments, project
 from stackbook.core.errors import DbtBuildFailed, DbtError  # noqa: F401 (re-exported)
+from stackbook.run import db, runstore
 
 PROFILE_NAME = "stackbook"
 PASSWORD_ENV = "DBT_ENV_SECRET_STACKBOOK_PASSWORD"
@@ -227,7 +227,7 @@ class BuildResult:
         lines += [f"  - {f.describe()}" for f in self.failures]
         return "\n".join(lines)
 
-    def check(self) -> "BuildResult":
+    def check(self) -> BuildResult:
         """Raise ``DbtBuildFailed`` naming each failed model and test; return self when all passed."""
         if self.failures or not self.success:
             raise DbtBuildFailed(self.message(), result=self)
