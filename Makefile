@@ -15,7 +15,7 @@ export PLOOMBER_VERSION_CHECK_DISABLED := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: help setup airflow airflow-up airflow-down system-deps lock lint run test book up down status bench lab clean
+.PHONY: help setup airflow test-slow airflow-up airflow-down system-deps lock lint run test book up down status bench lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -77,9 +77,14 @@ lint: $(STAMP)  ## ruff over src, tests and benchmarks (rules in pyproject.toml)
 # that your ledger, MLflow runs, run store and book are as they were before.
 UNTOUCHED := $(VENV)/.untouched.json
 
-test: lint up airflow  ## lint, the whole test suite, then every runbook with its small defaults (nbmake)
+test: lint up airflow  ## lint, the test suite (all but the slow tests), then every runbook with its small defaults (nbmake)
 	$(BIN)/python tests/check_untouched.py snapshot $(UNTOUCHED)
-	$(BIN)/python -m pytest tests --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900; status=$$?; \
+	$(BIN)/python -m pytest tests -m "not slow" --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900; status=$$?; \
+		$(BIN)/python tests/check_untouched.py compare $(UNTOUCHED) && exit $$status
+
+test-slow: up airflow  ## the slow integration tests only (Airflow's scheduler, the daily pipeline on a managed PostgreSQL)
+	$(BIN)/python tests/check_untouched.py snapshot $(UNTOUCHED)
+	$(BIN)/python -m pytest tests -m slow; status=$$?; \
 		$(BIN)/python tests/check_untouched.py compare $(UNTOUCHED) && exit $$status
 
 book: up  ## build the book (_build/html) with the evidence of the latest dev runs
