@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -112,3 +113,35 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
 @pytest.fixture()
 def cli(database_url):
     return run_cli
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
+    """Poll PREDICATE until it returns something truthy (returned), or fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+
+
+def delete_mlflow_names(experiment: str, model: str) -> None:
+    """Remove a test's registered model, experiment and artifacts from the test tracking store."""
+    import shutil
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from stackbook.train import model as train
+
+    train.configure()
+    client = MlflowClient()
+    try:
+        client.delete_registered_model(model)
+    except MlflowException:
+        pass  # never registered: the test failed before
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        client.delete_experiment(found.experiment_id)
+    shutil.rmtree(train.artifacts_root() / experiment, ignore_errors=True)

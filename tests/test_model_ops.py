@@ -8,7 +8,6 @@ through the real CLI (kernels, ledger); the server is a real ``mlflow models ser
 
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from stackbook.core.errors import DriftDetected, RollbackError, TrainingError
 from stackbook.train import drift, registry, score, serve
 from stackbook.train import model as train
+from tests.conftest import delete_mlflow_names
 from tests.test_train import ORDERS_SQL
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -49,22 +49,11 @@ def mart(database_url):
 
 @pytest.fixture(scope="module")
 def names(database_url):
+    """A throwaway experiment and registered model, deleted afterwards."""
     tag = uuid.uuid4().hex[:8]
     experiment, model = f"t_{tag}_exp", f"t_{tag}_model"
     yield experiment, model
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    train.configure()
-    client = MlflowClient()
-    try:
-        client.delete_registered_model(model)
-    except MlflowException:
-        pass
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        client.delete_experiment(found.experiment_id)
-    shutil.rmtree(train.artifacts_root() / experiment, ignore_errors=True)
+    delete_mlflow_names(experiment, model)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stackbook.run import ledger
-from tests.conftest import ROOT, STACKBOOK, nb
+from tests.conftest import ROOT, STACKBOOK, nb, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -24,16 +24,6 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def running_row(db, runbook: str, proc: subprocess.Popen):

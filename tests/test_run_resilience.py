@@ -26,23 +26,13 @@ import pytest
 
 from stackbook.run import db as db_mod
 from stackbook.run import ledger, pgcluster, spool
-from tests.conftest import ROOT, STACKBOOK, nb, run_cli
+from tests.conftest import ROOT, STACKBOOK, nb, run_cli, wait_for
 
 SHARED_BY_CLUSTER = 0o710 if os.geteuid() == 0 else 0o700  # as root, the cluster's OS user traverses the home
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
 
 
 @dataclass

@@ -6,7 +6,6 @@ steady, different rates); experiments and registered models get throwaway names 
 
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pandas as pd
@@ -14,6 +13,7 @@ import psycopg
 import pytest
 
 from stackbook.train import model as train
+from tests.conftest import delete_mlflow_names
 
 # mlflow 3.17's SQLAlchemy store still uses the deprecated noload strategy; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -62,18 +62,7 @@ def names(database_url):
     tag = uuid.uuid4().hex[:8]
     experiment, model = f"t_{tag}_exp", f"t_{tag}_model"
     yield experiment, model
-    from mlflow import MlflowClient
-
-    train.configure()
-    client = MlflowClient()
-    try:
-        client.delete_registered_model(model)
-    except Exception:
-        pass
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        client.delete_experiment(found.experiment_id)
-    shutil.rmtree(train.artifacts_root() / experiment, ignore_errors=True)
+    delete_mlflow_names(experiment, model)
 
 
 def test_tracking_store_is_the_local_mlflow_database_through_psycopg3(database_url):

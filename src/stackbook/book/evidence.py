@@ -1,15 +1,7 @@
 """Evidence from the run ledger: the runs the book shows and each runbook's freshness.
 
-A runbook is, in one environment:
-
-- ``fresh``: its latest finished run succeeded, within its freshness window;
-- ``failing``: its latest finished run failed, timed out or was cancelled;
-- ``stale``: no success within its freshness window (``freshness_hours``, else
-  twice the interval of its cron ``schedule``; neither: never stale);
-- ``never``: no run in this environment yet.
-
-``skipped`` rows do not count either way. ``freshness`` is a pure function of
-ledger rows and the time, so it is tested without waiting for time to pass.
+Each runbook's freshness (fresh, failing, stale, never) is decided by
+:mod:`stackbook.core.freshness`, which ``stackbook check`` and the alerting rules share.
 
 What the book reads is bounded whatever the size of the ledger: the latest rows
 per runbook, ``HISTORY_LIMIT`` recent runs, and for the charts either each run
