@@ -130,7 +130,7 @@ class ModelServer:
                 proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 continue
-            if not _group_alive(proc.pid):
+            if _wait_group_gone(proc.pid, wait):  # the workers outlive the leader for a moment
                 break
         atexit.unregister(self.stop)
 
@@ -139,6 +139,16 @@ class ModelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    """True once no process of group PGID is left, False after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _group_alive(pgid: int) -> bool:
