@@ -126,6 +126,15 @@ def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
 
 
+@pytest.fixture(scope="module")
+def names(database_url):
+    """(MLflow tests) A throwaway experiment and registered model, deleted afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    experiment, model = f"t_{tag}_exp", f"t_{tag}_model"
+    yield experiment, model
+    delete_mlflow_names(experiment, model)
+
+
 def delete_mlflow_names(experiment: str, model: str) -> None:
     """Remove a test's registered model, experiment and artifacts from the test tracking store."""
     import shutil

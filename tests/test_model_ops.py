@@ -18,7 +18,6 @@ import pytest
 from stackbook.core.errors import DriftDetected, RollbackError, TrainingError
 from stackbook.train import drift, registry, score, serve
 from stackbook.train import model as train
-from tests.conftest import delete_mlflow_names
 from tests.test_train import ORDERS_SQL
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -45,15 +44,6 @@ def mart(database_url):
         conn.execute(ORDERS_SQL.format(schema=f'"{schema}"'))
     yield schema
     _drop(database_url, schema)
-
-
-@pytest.fixture(scope="module")
-def names(database_url):
-    """A throwaway experiment and registered model, deleted afterwards."""
-    tag = uuid.uuid4().hex[:8]
-    experiment, model = f"t_{tag}_exp", f"t_{tag}_model"
-    yield experiment, model
-    delete_mlflow_names(experiment, model)
 
 
 @pytest.fixture(scope="module")

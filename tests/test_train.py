@@ -13,7 +13,6 @@ import psycopg
 import pytest
 
 from stackbook.train import model as train
-from tests.conftest import delete_mlflow_names
 
 # mlflow 3.17's SQLAlchemy store still uses the deprecated noload strategy; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -54,15 +53,6 @@ def mart(database_url):
     yield schema
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'drop schema if exists "{schema}" cascade')
-
-
-@pytest.fixture(scope="module")
-def names(database_url):
-    """A throwaway experiment and registered model, deleted afterwards."""
-    tag = uuid.uuid4().hex[:8]
-    experiment, model = f"t_{tag}_exp", f"t_{tag}_model"
-    yield experiment, model
-    delete_mlflow_names(experiment, model)
 
 
 def test_tracking_store_is_the_local_mlflow_database_through_psycopg3(database_url):
