@@ -34,6 +34,18 @@ RUN_FIELDS = ("id", "runbook", "path", "env", "status", "params", "results", "ou
               "error", "reason", "host", "git_commit", "approved_by", "pipeline_run_id", "attempt", "operator",
               "operator_verified", "code_sha256", "params_sha256", "env_file_sha256", "git_dirty", "notebook_sha256")
 
+#: columns added after the chain began (column: entry key): compared only in the entries that hold them, since
+#: older entries predate them; ``kind`` is ``run_kind`` in an entry, whose own ``kind`` says what the entry is
+LATER_FIELDS = {"resumed_from": "resumed_from", "kind": "run_kind", "approval_id": "approval_id",
+                "waiting": "waiting", "cells": "cells"}
+ROW_COLUMNS = RUN_FIELDS + tuple(LATER_FIELDS)  # what a run's entry is made of
+
+
+def compared_keys(entry: dict[str, Any]) -> list[str]:
+    """The keys of a run ENTRY that verify compares with its row: every RUN_FIELDS, and the later ones it holds."""
+    return list(RUN_FIELDS) + [key for key in LATER_FIELDS.values() if key in entry]
+
+
 SCHEMA_SQL = """
 alter table stackbook.runs add column if not exists operator text;
 alter table stackbook.runs add column if not exists operator_verified boolean not null default false;
@@ -92,6 +104,8 @@ def run_entry(row: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"kind": "run"}
     for name in RUN_FIELDS:
         entry[name] = _json_value(row.get(name))
+    for column, key in LATER_FIELDS.items():
+        entry[key] = _json_value(row.get(column))
     if entry["error"]:
         entry["error"] = {k: entry["error"].get(k) for k in ("cell_index", "ename", "evalue")}
     return entry
@@ -101,7 +115,7 @@ def _row(conn, run_id: str) -> dict[str, Any] | None:
     from psycopg.rows import dict_row
 
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"select {', '.join(RUN_FIELDS)} from stackbook.runs where id = %s", (run_id,))
+        cur.execute(f"select {', '.join(ROW_COLUMNS)} from stackbook.runs where id = %s", (run_id,))
         return cur.fetchone()
 
 

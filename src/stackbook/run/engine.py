@@ -50,6 +50,12 @@ class RunOptions:
     extra_params: dict[str, Any] = field(default_factory=dict)  # from pipelines: below -p, above -f
     scrub_values: dict[str, str] = field(default_factory=dict)  # scrubbed, not given to the kernel (notify channels)
     cwd: str | None = None  # the kernel's working directory; None: the project root for a runbook, else the caller's
+    # resuming (``--resume``), approvals (``--approval``) and interactive sessions (``stackbook lab NAME``)
+    resume_from: str | None = None  # the failed, timed-out, cancelled or waiting run to continue
+    from_cell: int | None = None  # resume at this cell when the run left no snapshot
+    allow_changed: bool = False  # resume although the runbook's code changed since that run
+    approval_id: str | None = None  # the recorded approval this run consumes
+    kind: str = "headless"  # "interactive" for a lab session
 
 
 @dataclass
@@ -225,7 +231,8 @@ def execute(prep: Prepared, on_start: Callable[[str], None] | None = None) -> Ru
                          exclusive=bool(runbook.metadata.get("exclusive")),
                          git_commit=project.git_commit(), approved_by=opts.approved_by,
                          provenance=evidence.provenance(runbook, env, scrubber.obj(prep.params)),
-                         pipeline_run_id=opts.pipeline_run_id, attempt=opts.attempt, redact=scrubber.text) as row:
+                         pipeline_run_id=opts.pipeline_run_id, attempt=opts.attempt, redact=scrubber.text,
+                         kind=opts.kind, resumed_from=opts.resume_from, approval_id=opts.approval_id) as row:
         if on_start:
             on_start(run_id)
         results_file = kernel.scratch_dir() / f"{run_id}.results.jsonl"

@@ -216,6 +216,7 @@ select distinct on (ref) seq, ref, entry->>'env', entry->>'output', entry->>'not
 
 _TIMES = ("started_at", "finished_at")
 _JSONB = ("params", "results")
+_LATER_JSONB = ("waiting", "cells")
 
 
 def _same_as_entry_sql() -> str:
@@ -233,6 +234,12 @@ def _same_as_entry_sql() -> str:
                          "'evalue', r.error->'evalue') end")
         else:
             terms.append(f"(c.entry->>'{name}') is not distinct from r.{name}::text")
+    for column, key in chain.LATER_FIELDS.items():  # entries older than a column do not hold it
+        if column in _LATER_JSONB:
+            same = f"c.entry->'{key}' = coalesce(r.{column}, 'null'::jsonb)"
+        else:
+            same = f"(c.entry->>'{key}') is not distinct from r.{column}::text"
+        terms.append(f"(not (c.entry ? '{key}') or {same})")
     return " and ".join(terms)
 
 
@@ -250,7 +257,7 @@ def _compare_rows(conn, walk: _Walk) -> None:
 
     suspects = _suspects(conn, walk)
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"select {', '.join(chain.RUN_FIELDS)} from stackbook.runs where id = any(%s)",
+        cur.execute(f"select {', '.join(chain.ROW_COLUMNS)} from stackbook.runs where id = any(%s)",
                     ([ref for _, ref, _ in suspects],))
         rows = {r["id"]: r for r in cur.fetchall()}
     for seq, run_id, entry in suspects:
@@ -259,7 +266,7 @@ def _compare_rows(conn, walk: _Walk) -> None:
             walk.report.problems.append(Problem("its run's row is gone from stackbook.runs", seq=seq, ref=run_id))
             continue
         now = chain.run_entry(row)
-        for key in [k for k in chain.RUN_FIELDS if now.get(k) != entry.get(k)]:
+        for key in [k for k in chain.compared_keys(entry) if now.get(k) != entry.get(k)]:
             walk.report.problems.append(Problem(
                 f"field {key} edited: the ledger row says {notebooks.shown(now.get(key))}, the chain "
                 f"{notebooks.shown(entry.get(key))}", seq=seq, ref=run_id))

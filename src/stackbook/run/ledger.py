@@ -44,6 +44,7 @@ from stackbook.run.record import COLUMNS, NEVER_STARTED, STATES, Provenance, Run
 HEARTBEAT_INTERVAL_S = float(os.environ.get("STACKBOOK_HEARTBEAT_INTERVAL", "10"))
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("STACKBOOK_HEARTBEAT_TIMEOUT", "60"))
 _SCHEMA_LOCK = 7_301_975  # advisory lock key serialising schema creation
+SCHEMA_VERSION = "stackbook ledger 3"  # the schema's comment; bump it with every statement added below
 
 SCHEMA_SQL = """
 create schema if not exists stackbook;
@@ -75,6 +76,43 @@ create index if not exists runs_status on stackbook.runs (status) where status =
 create index if not exists runs_pipeline_run on stackbook.runs (pipeline_run_id);
 """
 
+#: resumed runs, interactive sessions, manual steps, approvals and attestations (the engine and evidence issues)
+SCHEMA_V3_SQL = """
+alter table stackbook.runs add column if not exists resumed_from text;
+alter table stackbook.runs add column if not exists kind text not null default 'headless';
+alter table stackbook.runs add column if not exists approval_id text;
+alter table stackbook.runs add column if not exists waiting jsonb;
+alter table stackbook.runs add column if not exists cells jsonb;
+create index if not exists runs_waiting on stackbook.runs (status) where status = 'waiting';
+create table if not exists stackbook.approvals (
+    id text primary key,
+    runbook text not null,
+    env text not null,
+    code_sha256 text not null,
+    params jsonb not null default '{}'::jsonb,
+    params_sha256 text not null,
+    env_file_sha256 text,
+    approved_by text not null,
+    approver_verified boolean not null default false,
+    reason text,
+    created_at timestamptz not null default now(),
+    expires_at timestamptz,
+    used_by text,
+    used_at timestamptz
+);
+create table if not exists stackbook.attestations (
+    id text primary key,
+    run_id text not null,
+    cell_index integer,
+    instruction text,
+    attested_by text not null,
+    attester_verified boolean not null default false,
+    note text,
+    at timestamptz not null default now()
+);
+create index if not exists attestations_run on stackbook.attestations (run_id);
+"""
+
 _ready: set[str] = set()
 
 
@@ -88,17 +126,19 @@ def hostname() -> str:
 
 
 def ensure_schema(conn) -> None:
+    """The ledger's tables, created or brought up to ``SCHEMA_VERSION`` (every statement is idempotent; the
+    schema's comment says which version ran last, so a ledger that is up to date costs one query)."""
     key = conn.info.dsn
     if key in _ready:
         return
-    # the chain's body column is the newest part: a ledger that has it has every column too
-    exists = conn.execute("select exists (select 1 from pg_attribute where attrelid = to_regclass('stackbook.chain') "
-                          "and attname = 'body')").fetchone()[0]
-    if not exists:
+    current = conn.execute("select obj_description(to_regnamespace('stackbook'), 'pg_namespace')").fetchone()[0]
+    if current != SCHEMA_VERSION:
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             conn.execute(SCHEMA_SQL)
             conn.execute(chain.SCHEMA_SQL)
+            conn.execute(SCHEMA_V3_SQL)
+            conn.execute(f"comment on schema stackbook is '{SCHEMA_VERSION}'")
     _ready.add(key)
 
 
@@ -112,18 +152,21 @@ def _query(conn, sql: str, args: tuple | dict = ()) -> list[dict]:
 
 def start_run(conn, *, run_id: str, runbook: str, path: str, env: str, params: dict, output: str,
               git_commit: str | None, approved_by: str | None = None, pipeline_run_id: str | None = None,
-              attempt: int = 1, provenance: Provenance | None = None) -> None:
+              attempt: int = 1, provenance: Provenance | None = None, kind: str = "headless",
+              resumed_from: str | None = None, approval_id: str | None = None) -> None:
     """The ``running`` row; PROVENANCE's operator None with operator_verified: the session's role."""
     prov = provenance or Provenance()
     conn.execute(
         """insert into stackbook.runs (id, runbook, path, env, status, params, output, host, pid, git_commit,
                                        approved_by, pipeline_run_id, attempt, operator, operator_verified,
-                                       code_sha256, params_sha256, env_file_sha256, git_dirty)
+                                       code_sha256, params_sha256, env_file_sha256, git_dirty, kind, resumed_from,
+                                       approval_id)
            values (%s, %s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s,
-                   case when %s then coalesce(%s, session_user::text) else %s end, %s, %s, %s, %s, %s)""",
+                   case when %s then coalesce(%s, session_user::text) else %s end, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (run_id, runbook, path, env, json.dumps(params), output, hostname(), os.getpid(), git_commit,
          approved_by, pipeline_run_id, attempt, prov.operator_verified, prov.operator, prov.operator,
-         prov.operator_verified, prov.code_sha256, prov.params_sha256, prov.env_file_sha256, prov.git_dirty),
+         prov.operator_verified, prov.code_sha256, prov.params_sha256, prov.env_file_sha256, prov.git_dirty,
+         kind, resumed_from, approval_id),
     )
 
 
@@ -452,8 +495,9 @@ class OpenRun:
 @contextmanager
 def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: dict, output: str,
              exclusive: bool = False, git_commit: str | None = None, approved_by: str | None = None,
-             pipeline_run_id: str | None = None, attempt: int = 1,
-             redact: Callable[[str], str] | None = None, provenance: Provenance | None = None) -> Iterator[OpenRun]:
+             pipeline_run_id: str | None = None, attempt: int = 1, redact: Callable[[str], str] | None = None,
+             provenance: Provenance | None = None, kind: str = "headless", resumed_from: str | None = None,
+             approval_id: str | None = None) -> Iterator[OpenRun]:
     """A ``running`` row for the block; finished and disconnected on every path out of it.
 
     An exclusive runbook's lock is taken first (held: ``RefusedError``, exit 3, no row). A block that
@@ -466,7 +510,7 @@ def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: d
             _lock_or_refuse(conn, runbook, env)
         start_run(conn, run_id=run_id, runbook=runbook, path=path, env=env, params=params, output=output,
                   git_commit=git_commit, approved_by=approved_by, pipeline_run_id=pipeline_run_id, attempt=attempt,
-                  provenance=provenance)
+                  provenance=provenance, kind=kind, resumed_from=resumed_from, approval_id=approval_id)
         link = db.Link(conn)
         run = OpenRun(link, get_run(conn, run_id), redact or str, exclusive=exclusive)
         link.on_reconnect = run.relock

@@ -7,7 +7,8 @@ gets a ``RunRecord`` from :mod:`stackbook.run.ledger` and reads its attributes;
 ``metadata.stackbook.run``): every column, times as ISO 8601 strings, and the
 error without its traceback. The field order is the column order of the table.
 
-``status`` is one of ``STATES``: ``running`` while a run executes; ``succeeded``, ``failed``,
+``status`` is one of ``STATES``: ``running`` while a run executes; ``waiting`` when it stopped at a step
+a person must confirm (``stackbook attest``); ``succeeded``, ``failed``,
 ``timed_out`` or ``cancelled`` when it ended; and three for runs that never started, recorded
 by pipelines: ``skipped`` (up to date), ``upstream_failed`` (an upstream task did not succeed)
 and ``refused`` (an exclusive runbook another run held the lock of; ``stackbook pipeline run``
@@ -56,6 +57,12 @@ class RunRecord:
     env_file_sha256: str | None = None  # the environment file's bytes
     git_dirty: bool | None = None  # whether the git working tree had uncommitted changes
     notebook_sha256: str | None = None  # the executed notebook's bytes as stored in the run store
+    # resumed runs, interactive sessions, manual steps and approvals
+    resumed_from: str | None = None  # the run this one continues (``stackbook run --resume``)
+    kind: str = "headless"  # "headless" (stackbook run, pipelines, schedulers) or "interactive" (a lab session)
+    approval_id: str | None = None  # the approval this run consumed (``stackbook approve``)
+    waiting: dict[str, Any] | None = None  # the manual step a ``waiting`` run stopped at: cell_index, instruction
+    cells: list[dict[str, Any]] | None = None  # an interactive run's executed cells, in the order they ran
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
@@ -120,5 +127,5 @@ class Provenance:
 
 
 COLUMNS = tuple(f.name for f in fields(RunRecord))
-STATES = ("running", "succeeded", "failed", "timed_out", "cancelled", "upstream_failed", "skipped", "refused")
+STATES = ("running", "waiting", "succeeded", "failed", "timed_out", "cancelled", "upstream_failed", "skipped", "refused")
 NEVER_STARTED = ("skipped", "upstream_failed", "refused")  # rows of runs that never started: no notebook, no kernel
