@@ -38,6 +38,10 @@ class LazyGroup(click.Group):
         "book": ("stackbook.cli.book", "book", "Build the Jupyter Book with the evidence of the latest runs."),
         "new": ("stackbook.cli.book", "new", "Scaffold a runbook that passes the runbook contract."),
         "verify": ("stackbook.cli.verify", "verify", "Check the evidence chain and the executed notebooks."),
+        "resume": ("stackbook.cli.run", "resume", "Continue a failed, timed-out or cancelled run where it stopped."),
+        "attest": ("stackbook.cli.run", "attest", "Confirm the manual step a waiting run stopped at; it goes on."),
+        "approve": ("stackbook.cli.approve", "approve", "Approve one destructive run: runbook code, parameters, env."),
+        "evidence": ("stackbook.cli.evidence", "evidence", "Evidence bundles: export a period's evidence, verify one."),
     }
 
     def list_commands(self, ctx):
