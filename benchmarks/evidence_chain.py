@@ -79,7 +79,7 @@ def chain_of_rows(conn) -> None:
 
     prev, buf = chain.GENESIS, io.StringIO()
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"select {', '.join(chain.RUN_FIELDS)} from stackbook.runs order by id")
+        cur.execute(f"select {', '.join(chain.ROW_COLUMNS)} from stackbook.runs order by id")
         for seq, row in enumerate(cur.fetchall(), start=1):
             body = chain.canonical_json(chain.run_entry(row))
             digest = chain.sha256_text(prev + body)

@@ -153,6 +153,73 @@ def test_freshness_never_fresh_stale_failing(db, scratch_env_rows):
     assert "cell 4" in text and recent in text
 
 
+def test_run_tables_show_the_operator_the_approval_resume_waiting_and_attestations(db, scratch_env_rows):
+    env, add = scratch_env_rows
+    approved, resumed, waiting = add("succeeded", 2), add("succeeded", 1), add("waiting", 0.5)
+    by_hand = add("succeeded", 0.2)
+    approval = f"ap-{uuid.uuid4().hex[:6]}"
+    db.execute("""insert into stackbook.approvals (id, runbook, env, code_sha256, params, params_sha256, approved_by,
+                  approver_verified, reason, created_at) values (%s, 'platform_check', %s, 'c0de', '{}',
+                  'abcdef1234567890', 'bob', true, 'planned maintenance', '2026-11-30 08:00+00')""", (approval, env))
+    db.execute("update stackbook.runs set operator = 'alice', operator_verified = true, approval_id = %s, "
+               "params = '{\"dry_run\": false}' where id = %s", (approval, approved))
+    db.execute("update stackbook.runs set operator = 'carol', resumed_from = %s where id = %s", (approved, resumed))
+    db.execute("""update stackbook.runs set operator = 'dave', waiting = '{"cell_index": 4, "instruction":
+                  "swap the primary"}' where id = %s""", (waiting,))
+    db.execute("update stackbook.runs set operator = 'erin', kind = 'interactive' where id = %s", (by_hand,))
+    db.execute("""insert into stackbook.attestations (id, run_id, cell_index, instruction, attested_by, note)
+                  values (%s, %s, 4, 'swap the primary', 'frank', 'swapped at 09:12')""", (approval + "-at", resumed))
+    try:
+        led = evidence.read(db, env, ["platform_check"])
+        led.history = evidence._query(db, f"select {', '.join(evidence._COLUMNS)} from stackbook.runs where env = %s "
+                                          "order by started_at desc", (env,))  # the page's rows, of this env only
+        evidence.attach_acts(db, led.history)
+        rows = {r["id"]: r for r in led.history}
+        text = pages.history(led, {}, lambda *a: None, {"duration": "d.svg", "success": "s.svg"})
+        assert "approval, results or error" in text
+
+        def line_of(run_id: str) -> str:
+            return next(line for line in text.splitlines() if line.startswith(f"| `{run_id}`"))
+
+        row = line_of(approved)
+        assert "| alice ✔ |" in row and "approved by bob (verified) 2026-11-30 08:00 UTC for parameters " \
+            "`abcdef123456`: planned maintenance" in row
+        row = line_of(resumed)
+        assert f"resumed from `{approved}`" in row and "step 4 confirmed by frank" in row and "swapped at 09:12" in row
+        assert "waiting at cell 4: swap the primary" in line_of(waiting)
+        assert "run by hand by erin" in line_of(by_hand)
+        assert rows[approved]["approval"]["approved_by"] == "bob"
+
+        fr = evidence.freshness({"freshness_hours": 24}, led.runs_of("platform_check"), env)
+        assert fr.state == "fresh" and fr.latest["id"] == by_hand  # an interactive success counts; waiting does not
+        assert fr.running["id"] == waiting
+        status = pages.status_section(catalog.load("platform_check"), fr, lambda *a: None)
+        assert "run by hand by erin" in status and f"stackbook attest {waiting} --by NAME" in status
+        assert "stopped at cell 4 for a manual step: swap the primary" in status
+    finally:
+        db.execute("delete from stackbook.approvals where id = %s", (approval,))
+        db.execute("delete from stackbook.attestations where id = %s", (approval + "-at",))
+
+
+def test_a_waiting_run_is_not_a_fresh_success(db, scratch_env_rows):
+    env, add = scratch_env_rows
+    failed = add("failed", 1, error={"cell_index": 2, "ename": "E", "evalue": "x"})
+    add("waiting", 0.1)
+    fr = state_of(db, env, {"freshness_hours": 24})
+    assert fr.state == "failing" and fr.latest["id"] == failed and fr.running["status"] == "waiting"
+
+
+def test_the_evidence_page_shows_an_intact_or_broken_chain():
+    intact = pages.evidence_chain("prod", evidence.ChainState(entries=12, head="ab" * 32, runs_checked=3,
+                                                              problems=[], problem_count=0))
+    assert "✔ intact</span> <span>12 entries" in intact and "ab" * 32 in intact and "stackbook evidence verify" in intact
+    broken = pages.evidence_chain("prod", evidence.ChainState(
+        entries=12, head="ab" * 32, runs_checked=3, problems=["entry 3 (run r1): entry 2 missing (deleted)"],
+        problem_count=4))
+    assert "✖ broken</span> <span>4 problem(s)" in broken and "entry 2 missing (deleted)" in broken and "And 3 more" in broken
+    assert "No evidence chain" in pages.evidence_chain("dev", None)
+
+
 def test_freshness_window_from_schedule_when_no_freshness_hours():
     assert evidence.window_hours({"schedule": "*/30 * * * *"}) == 1.0
     assert evidence.window_hours({"schedule": "0 3 * * *", "freshness_hours": 30}) == 30
@@ -187,9 +254,14 @@ def test_cold_build_has_every_page(book_copy):
     assert overview.count('class="sb-badge sb-') >= len(names) + 4  # the summary, then one per runbook
     history = (html / "reports" / "history.html").read_text()
     assert history.count("<img") >= 2 and ".svg" in history
-    for page in ("reports/audit.html", "reports/dr_drill.html", "book/intro.html", "book/writing.html"):
+    for page in ("reports/audit.html", "reports/dr_drill.html", "book/intro.html", "book/writing.html",
+                 "reports/evidence.html"):
         assert (html / page).exists(), page
+    chain_page = (html / "reports" / "evidence.html").read_text()
+    assert "How to verify a bundle" in chain_page and "evidence.zip" in chain_page
+    assert "✔ intact" in chain_page or "✖ broken" in chain_page  # the chain's state at build time
     checked = (html / "runbooks" / "ops" / "platform_check.html").read_text()
+    assert f"by {run['operator']}" in checked  # the run's operator, as the ledger recorded it
     assert run["id"] in checked and "sb-fresh" in checked  # its run, as the latest executed notebook
     assert "recorded runbooks = " in checked and "Results recorded by run" in checked  # outputs and results
     never = (html / "runbooks" / "dr" / "dr_drill.html").read_text()
@@ -211,9 +283,11 @@ def test_rebuild_with_nothing_changed_writes_nothing(book_copy):
     res = book_cli(copy)
     assert res.code == 0, res
     doc = res.json()
-    # the run history lists every environment's runs, and other work records runs meanwhile
-    assert set(doc["files_written"]) <= {"reports/history.md"} | {f for f in doc["files_written"] if f.startswith("_runs/")}
-    assert set(doc["pages_read"]) <= {"reports/history"}
+    # the run history lists every environment's runs and the evidence page the chain's head: other work records
+    # runs meanwhile
+    assert set(doc["files_written"]) <= {"reports/history.md", "reports/evidence.md"} | {
+        f for f in doc["files_written"] if f.startswith("_runs/")}
+    assert set(doc["pages_read"]) <= {"reports/history", "reports/evidence"}
 
 
 def test_rebuild_after_one_runbook_changed_redoes_only_that_page(book_copy):
@@ -233,7 +307,7 @@ def test_rebuild_after_one_runbook_changed_redoes_only_that_page(book_copy):
     doc = res.json()
     assert "runbooks/ops/platform_check.ipynb" in doc["files_written"]
     assert [f for f in doc["files_written"] if f.startswith("runbooks/")] == ["runbooks/ops/platform_check.ipynb"]
-    assert set(doc["pages_read"]) - {"reports/history"} == {"runbooks/ops/platform_check"}
+    assert set(doc["pages_read"]) - {"reports/history", "reports/evidence"} == {"runbooks/ops/platform_check"}
     assert "added by the incremental-build test" in (html / "runbooks" / "ops" / "platform_check.html").read_text()
     assert {p: p.stat().st_mtime_ns for p in others} == before, "other runbook pages were rewritten"
     # the theme's templates came from the cache: none compiled again, none added
@@ -290,7 +364,8 @@ def test_watch_rebuilds_each_change_in_one_process_and_survives_a_failed_build(b
         edited = next_build()
         assert edited["ok"] and "runbooks/ops/platform_check" in edited["pages_read"], edited
         # a warm process writes the changed page and the page whose toctree lists it, not every page
-        assert set(edited["pages_written"]) <= {"runbooks/ops/platform_check", "book/intro", "reports/history"}, edited
+        assert set(edited["pages_written"]) <= {"runbooks/ops/platform_check", "book/intro", "reports/history",
+                                                "reports/evidence"}, edited
         html = copy / "out" / "_build" / "html"
         assert "Edited while the book was watched." in (html / "runbooks" / "ops" / "platform_check.html").read_text()
 

@@ -472,7 +472,7 @@ def test_provision_cluster_apply_in_prod_needs_approval(cli, tmp_path):
     result = cli("run", "provision_cluster", "-e", "prod", "-p", "dry_run=false", "-p", f"output_dir={out}",
                  env={"KUBECONFIG": str(tmp_path / "absent")})
     assert result.code == 3, result
-    assert "--approved-by" in result.err
+    assert "requires an approval" in result.err and "stackbook approve provision_cluster -e prod" in result.err
     assert not out.exists()  # refused before the kernel started: nothing rendered, nothing applied
 
 

@@ -183,7 +183,7 @@ def _ledger_rows(database: str) -> int:
 def test_prod_apply_without_approval_exits_3_and_changes_nothing(cli, scratch_db):
     res = cli("run", "provision_warehouse", "-e", "prod", "-p", "dry_run=false", "-p", f"database={scratch_db}")
     assert res.code == 3, res
-    assert "--approved-by" in res.err and "nothing was executed" in res.err
+    assert "stackbook approve provision_warehouse -e prod" in res.err and "nothing was executed" in res.err
     assert not _exists(scratch_db)
     assert _ledger_rows(scratch_db) == 0
 
@@ -198,14 +198,17 @@ def test_prod_dry_run_needs_no_approval(cli, scratch_db):
 
 
 def test_prod_apply_with_approval_records_the_approver(cli, scratch_db):
-    res = cli("run", "provision_warehouse", "-e", "prod", "-p", "dry_run=false", "-p", f"database={scratch_db}",
-              "--approved-by", "alice", "--json")
+    args = ("provision_warehouse", "-e", "prod", "-p", "dry_run=false", "-p", f"database={scratch_db}")
+    approval = cli("approve", *args, "--by", "alice", "--reason", "new warehouse")  # prod: alice may approve
+    assert approval.code == 0, approval
+    res = cli("run", *args, "--approval", approval.out.strip(), "--json", env={"STACKBOOK_OPERATOR": "carol"})
     assert res.code == 0, res
     run_id = res.json()["id"]
     shown = cli("runs", "show", run_id, "--json")
     assert shown.code == 0, shown
     rec = shown.json()
     assert rec["approved_by"] == "alice" and rec["env"] == "prod" and rec["status"] == "succeeded"
+    assert rec["approval_id"] == approval.out.strip() and rec["operator"] == "carol"
     assert rec["results"]["statements_applied"] > 0
     assert rec["results"]["reader_write_denied"] is True
     assert _exists(scratch_db)

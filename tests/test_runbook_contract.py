@@ -67,6 +67,26 @@ class TestRunbook:
         assert "assert " in source, f"{path.stem}: no verification cell"
         assert "stackbook.record(" in source, f"{path.stem}: records no result"
 
+    def test_setup_cells_open_what_a_resumed_run_needs(self, path: Path):
+        """The cells a resumed run re-runs (imports, connections, clients) are tagged `setup`: the first code
+        cell after the parameters cell at least, never the parameters cell."""
+        cells = code_cells(json.loads(path.read_text()))
+        tagged = [i for i, c in enumerate(cells) if "setup" in c["metadata"].get("tags", [])]
+        assert 1 in tagged and 0 not in tagged, f"{path.stem}: setup cells at code-cell positions {tagged}"
+        imports = [n for i in tagged for n in ast.walk(ast.parse("".join(cells[i]["source"])))
+                   if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert imports, f"{path.stem}: its setup cells import nothing"
+
+    def test_controls_are_ids_the_audit_maps(self, path: Path):
+        from stackbook import audit
+        from stackbook.audit import kubernetes, operations, postgres, secrets_scan  # noqa: F401 (register rules)
+
+        known = {c for rule in audit.RULES.values() for c in rule.controls}
+        controls = notebooks.load(path, project.runbooks_dir()).metadata["controls"]
+        assert set(controls) <= known, f"{path.stem}: controls the audit does not know: {set(controls) - known}"
+        if path.stem in ("dr_drill", "failover", "provision_cluster", "provision_warehouse"):
+            assert controls, f"{path.stem}: the evidence of its runs must name the controls it serves"
+
     def test_destructive_runbooks_default_to_dry_run(self, path: Path):
         rb = notebooks.load(path, project.runbooks_dir())
         if rb.metadata.get("destructive"):
@@ -82,3 +102,18 @@ def test_every_input_glob_matches_a_file(path: Path):
     root = project.root()
     dead = [glob for glob in inputs if not any(root.glob(glob))]
     assert dead == [], f"{path.stem}: inputs that match no file: {dead}"
+
+
+def test_metadata_keys_are_type_checked(tmp_path):
+    """`resumable` is a bool and `controls` a list of control ids; anything else is refused with the key named."""
+    from stackbook.core.errors import NotebookError
+
+    src = json.loads((project.runbooks_dir() / "ops" / "platform_check.ipynb").read_text())
+    for key, bad in (("resumable", "yes"), ("controls", "SOC2 CC7.5"), ("controls", ["SOC2 CC7.5", 3])):
+        src["metadata"]["stackbook"][key] = bad
+        path = tmp_path / f"{key}.ipynb"
+        path.write_text(json.dumps(src))
+        with pytest.raises(NotebookError, match=f"metadata.stackbook.{key}"):
+            notebooks.load(path)
+        src["metadata"]["stackbook"].pop(key)
+    assert notebooks.load(project.runbooks_dir() / "ops" / "platform_check.ipynb").metadata["resumable"] is False

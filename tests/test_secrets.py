@@ -2,8 +2,8 @@
 
 The canary runbook (``tests/fixtures/foundation/leaks_secret.ipynb``) leaks its declared secret and an
 undeclared ``AWS_SECRET_ACCESS_KEY`` every way it can; the search covers the ledger row, the runner's
-stdout and stderr, the PostgreSQL server log, the run's own state folder (run store, scratch files, spool)
-and a book built from the run. A control run with scrubbing off proves the search finds a leak.
+stdout and stderr, the PostgreSQL server log, the run's own state folder (run store, scratch files, spool,
+the failed run's kernel snapshot) and a book built from the run. A control run with scrubbing off proves the search finds a leak.
 """
 
 from __future__ import annotations
@@ -129,9 +129,14 @@ def test_secret_canary_is_nowhere(cli, db, canary_env, tmp_path):
     assert "fd1 [secret:CANARY_SECRET]" in res.err and "sub-err [secret:CANARY_SECRET]" in res.err
     assert "fd1" not in res.out and "sub-out" not in res.out
     book = build_book(canary_env.name, tmp_path / "book", state)
+    snapshot = state / "snapshots" / rec["id"]  # the failed run's kernel state, kept for `stackbook resume`
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    assert manifest["left_out"]["secret"] == "holds the value of secret CANARY_SECRET"
+    assert manifest["left_out"]["aws_key"] == manifest["left_out"]["label"] == f"holds the value of secret {AWS}"
+    assert "raise_error" in manifest["saved"]
     places = {"stdout and stderr": res.out + res.err, "ledger": ledger_text(db, rec["id"]),
               "server log": server_log_text(), "state folder (run store, tmp, spool)": store_text(state),
-              "book": store_text(book)}
+              "kernel snapshot": store_text(snapshot), "book": store_text(book)}
     for value in (secret, aws):
         found = {where: leaks(text, value) for where, text in places.items() if leaks(text, value)}
         assert found == {}, found
@@ -151,6 +156,7 @@ def test_control_run_without_scrubbing_is_found(cli, db, canary_env, tmp_path):
     stored = store_text(state)
     assert secret in stored and len(leaks(stored, secret)) >= 3  # plain, base64, URL-encoded, hex ...
     assert aws in stored  # printed from the kernel's environment (kernel_env lets it through)
+    assert secret in store_text(state / "snapshots" / rec["id"])  # unscrubbed, the kernel snapshot keeps it
     for value in (secret, aws):
         assert leaks(res.err, value)  # the kernel's own output, pumped to stderr unscrubbed
     assert leaks(ledger_text(db, rec["id"]), secret)

@@ -5,6 +5,10 @@
 * OPS-002 (medium): every scheduled runbook has run at all in this environment.
 * OPS-003 (high): the last DR drill (runbook ``dr_drill``) passed, within its window.
 * OPS-004 (medium): a DR drill exists and has run in this environment.
+* OPS-005 (high): the evidence chain is intact (``stackbook.run.evidence.verify``: every entry's hash and
+  link, no entry missing, each run of this environment equal to its entry; notebooks are re-hashed by
+  ``stackbook verify``, not here) and, in an environment that requires approval (prod), every destructive
+  run that was not a dry run consumed an approval for exactly that runbook, environment, code and parameters.
 
 "Never ran" is its own, medium-severity rule (OPS-002, OPS-004) rather than a
 failure of the freshness rule: on a fresh machine or a new environment nothing
@@ -208,6 +212,41 @@ def dr_drill_ran(ctx: dict) -> Iterator[Finding]:
         yield finding("OPS-004", "pass", resource, f"{stats['runs']} drills recorded in {env}")
 
 
+@register(_rule("OPS-005", "The evidence chain is intact and destructive production runs carry a matching approval",
+                "high", ("SOC2 CC6.1", "SOC2 CC7.2", "SOC2 CC8.1", "ISO27001 A.5.3", "ISO27001 A.5.28",
+                         "ISO27001 A.8.15", "ISO27001 A.8.32"),
+                "A broken chain: `stackbook verify -e ENV` names each entry; find who changed the ledger (the "
+                "server log) and restore it from a backup, then compare with the head published earlier. A run "
+                "without a matching approval: record why it ran unapproved, and keep `approval:` in the "
+                "environment file so that `stackbook run` refuses the next one."))
+def evidence_intact(ctx: dict) -> Iterator[Finding]:
+    env, ev = ctx["env"], ctx.get("evidence") or {}
+    if ev.get("chain") is None:
+        yield finding("OPS-005", "skip", "chain/stackbook.chain", "no evidence chain in this database yet")
+    elif ev["chain"]["problems"]:
+        problems = ev["chain"]["problems"]
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        yield finding("OPS-005", "fail", "chain/stackbook.chain",
+                      f"the evidence chain is broken: {len(problems)} problem(s): {shown}")
+    else:
+        yield finding("OPS-005", "pass", "chain/stackbook.chain",
+                      f"chain intact: {ev['chain']['entries']} entries, head {ev['chain']['head']}; runs of {env} "
+                      "equal their entries (executed notebooks: `stackbook verify`)")
+    if not ev.get("approval_required"):
+        yield finding("OPS-005", "pass", f"approvals@{env}",
+                      f"environment {env} does not require approval of destructive runs")
+        return
+    unapproved = ev.get("unapproved") or []
+    for run in unapproved:
+        yield finding("OPS-005", "fail", f"run/{run['id']}@{env}",
+                      f"destructive run of {run['runbook']} with dry_run false {run['status']} "
+                      f"({run['started_at']}): {run['why']}")
+    if not unapproved:
+        yield finding("OPS-005", "pass", f"approvals@{env}",
+                      f"{ev.get('destructive_runs', 0)} destructive run(s) that were not dry runs in {env}, each "
+                      "with a matching approval")
+
+
 # ---------------------------------------------------------------- context
 
 
@@ -242,6 +281,80 @@ def ledger_stats(conn, env: str, runbooks: Iterable[str]) -> tuple[dict[str, dic
         return {r["runbook"]: r for r in cur.fetchall()}, now
 
 
+_UNAPPROVED_SQL = """
+select r.id, r.runbook, r.status, r.started_at, r.code_sha256, r.params_sha256, r.approval_id, r.approved_by,
+       a.id as found,
+       a.runbook as a_runbook, a.env as a_env, a.code_sha256 as a_code, a.params_sha256 as a_params
+  from stackbook.runs r left join stackbook.approvals a on a.id = r.approval_id
+ where r.env = %s and r.runbook = any(%s) and r.params->'dry_run' = 'false'::jsonb
+   and r.status not in ('skipped', 'upstream_failed', 'refused')
+ order by r.started_at
+"""
+
+
+def _approval_mismatch(row: dict) -> str | None:
+    """Why a destructive run's approval does not match it, or None when it does."""
+    if not row["approval_id"]:
+        given = (f"; approved_by {row['approved_by']!r} is a name typed on the command line, not a recorded "
+                 "approval" if row.get("approved_by") else "")
+        return f"it consumed no approval (approval_id is empty){given}"
+    if row["found"] is None:
+        return f"its approval {row['approval_id']} is not in stackbook.approvals"
+    differ = [what for what, a, r in (("runbook", row["a_runbook"], row["runbook"]),
+                                      ("code sha256", row["a_code"], row["code_sha256"]),
+                                      ("parameters sha256", row["a_params"], row["params_sha256"])) if a != r]
+    if row["a_env"] != row["env"]:
+        differ.append("environment")
+    return f"its approval {row['approval_id']} is for another {', '.join(differ)}" if differ else None
+
+
+def evidence_stats(conn, env: str, destructive: list[str]) -> dict[str, Any]:
+    """OPS-005's evidence: the chain verified (without re-hashing notebooks) and the destructive runs of ENV
+    that were not dry runs and lack a matching approval (when the environment requires approval)."""
+    from psycopg.rows import dict_row
+
+    from stackbook.core import environments
+    from stackbook.run import evidence
+
+    out: dict[str, Any] = {"chain": None, "approval_required": False, "unapproved": [], "destructive_runs": 0}
+    if not conn.execute("select to_regclass('stackbook.chain') is not null").fetchone()[0]:
+        return out
+    report = evidence.verify(conn, env=env, notebooks_too=False)
+    out["chain"] = {"entries": report.entries, "head": report.head, "problems": [str(p) for p in report.problems]}
+    out["approval_required"] = env in environments.available() and environments.load(env).require_approval
+    if not out["approval_required"] or not destructive:
+        return out
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_UNAPPROVED_SQL, (env, destructive)).fetchall()
+    out["destructive_runs"] = len(rows)
+    for row in rows:
+        why = _approval_mismatch({**row, "env": env})
+        if why:
+            out["unapproved"].append({"id": row["id"], "runbook": row["runbook"], "status": row["status"],
+                                      "started_at": row["started_at"].isoformat(timespec="seconds"), "why": why})
+    return out
+
+
+def control_runbooks(runbooks: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Control id -> the runbooks whose runs give evidence for it: each runbook's ``controls:`` metadata, the
+    compliance audit for every control of a registered rule (its report covers them), the DR drill for OPS-003
+    and OPS-004's, every scheduled runbook for OPS-001 and OPS-002's."""
+    from stackbook.audit import RULES, kubernetes, postgres, report, secrets_scan  # noqa: F401 (their rules)
+
+    out: dict[str, set[str]] = {}
+    for rb in runbooks:
+        for control in rb.get("controls") or []:
+            out.setdefault(control, set()).add(rb["name"])
+    for rule in RULES.values():
+        for control in rule.controls:
+            out.setdefault(control, set()).add("compliance_audit")
+            if rule.id in ("OPS-003", "OPS-004"):
+                out[control].add(DR_RUNBOOK)
+            if rule.id in ("OPS-001", "OPS-002"):
+                out[control].update(rb["name"] for rb in runbooks if rb.get("schedule"))
+    return out
+
+
 def catalogue() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Runbook metadata from the catalogue, and (path, error) for notebooks that cannot be read."""
     from stackbook.core import catalog, notebooks, project
@@ -255,7 +368,8 @@ def catalogue() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
             broken.append((str(path), str(exc)))
             continue
         runbooks.append({"name": rb.name, **{k: rb.metadata.get(k) for k in
-                                             ("schedule", "freshness_hours", "timeout")}})
+                                             ("schedule", "freshness_hours", "timeout", "destructive",
+                                              "controls")}})
     return runbooks, broken
 
 
@@ -265,15 +379,18 @@ def context(env: str, conn=None, *, runbooks: list[dict] | None = None, dr_runbo
     if runbooks is None:
         runbooks, broken = catalogue()
     names = [rb["name"] for rb in runbooks]
+    destructive = [rb["name"] for rb in runbooks if rb.get("destructive")]
     if conn is None:
         from stackbook.run import db
 
         with db.connect() as own:
             stats, now = ledger_stats(own, env, names)
+            evidence = evidence_stats(own, env, destructive)
     else:
         stats, now = ledger_stats(conn, env, names)
+        evidence = evidence_stats(conn, env, destructive)
     return {"env": env, "runbooks": runbooks, "ledger": stats, "now": now, "dr_runbook": dr_runbook,
-            "broken": broken}
+            "broken": broken, "evidence": evidence}
 
 
 def check_all(ctx: dict, rules: Iterable[str] | None = None) -> list[Finding]:

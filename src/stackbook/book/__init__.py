@@ -9,7 +9,8 @@ with Jupyter Book 1.x into ``_build/html`` (``--out`` puts it elsewhere).
 Modules, one concern each:
 
 - ``toc``: the root ``_toc.yml`` (read, add a runbook, the effective toc of a build)
-- ``evidence``: runs from the ledger and freshness of each runbook
+- ``evidence``: runs from the ledger (with their approvals and attestations), freshness of each runbook, and
+  the evidence chain's state at build time
 - ``charts``: static SVG charts of the run history (matplotlib, no JavaScript)
 - ``pages``: the text of every generated page
 - ``datadocs``: GX's Data Docs of the latest ``validate_raw`` run, copied in and linked from its chapter

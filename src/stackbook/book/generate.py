@@ -9,7 +9,7 @@ longer generated are removed. Layout::
     _config.yml  _toc.yml        from the project root (build settings enforced)
     book/...                     copies of the hand-written chapters
     runbooks/<area>/<name>.ipynb one chapter per runbook
-    reports/runbooks.md history.md audit.md dr_drill.md drift.md   (+ reports/_charts/*.svg)
+    reports/runbooks.md history.md audit.md dr_drill.md drift.md evidence.md   (+ reports/_charts/*.svg)
     _extra/data_docs/...         GX's Data Docs of the latest validate_raw run (book.datadocs)
     _runs/<env>/<runbook>/<run_id>.ipynb                   executed notebooks, offered as downloads
     _static/stackbook.css
@@ -38,7 +38,7 @@ log = logging.getLogger("stackbook.book")
 AUDIT_RUNBOOK = "compliance_audit"
 DR_RUNBOOK = "dr_drill"
 REPORT_PAGES = {"overview": "reports/runbooks", "history": "reports/history", "audit": "reports/audit",
-                "dr": "reports/dr_drill", "drift": drift.PAGE}
+                "dr": "reports/dr_drill", "drift": drift.PAGE, "chain": "reports/evidence"}
 HANDWRITTEN_DIR = "book"
 RUNS_DIR = "_runs"
 
@@ -242,6 +242,7 @@ def generate(env: str, src: Path, *, runbook_paths: list[Path] | None = None, co
     writer.text(REPORT_PAGES["dr"] + ".md",
                 pages.dr_drill(env, ledger.latest(DR_RUNBOOK), drills, links, docs.get(DR_RUNBOOK)))
     drift.write(writer, env, ledger, docs, links)
+    writer.text(REPORT_PAGES["chain"] + ".md", pages.evidence_chain(env, ledger.chain))
     writer.prune()
     return result
 

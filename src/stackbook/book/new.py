@@ -56,7 +56,7 @@ What this runbook is for, in a sentence or two: the procedure it carries out and
 when `dry_run` is False, and how to undo it."""),
         ("params", """dry_run: bool = True  # only report what would change; False applies it
 limit: int = 10  # at most this many items per step (keep defaults small: `make test` runs them)"""),
-        ("code", """import stackbook
+        ("setup", """import stackbook
 from stackbook.core import environments"""),
         ("md", """## 1. Where it runs
 

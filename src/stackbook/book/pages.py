@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from stackbook.book.evidence import Freshness, Ledger
+from stackbook.book.evidence import ChainState, Freshness, Ledger
 
 ERROR_MARKER_TAG = "papermill-error-cell-tag"
 INJECTED_TAG = "injected-parameters"
@@ -23,7 +23,8 @@ BADGE_TEXT = {"fresh": "✔ fresh", "failing": "✖ failing", "stale": "⚠ stal
 RENDERED_MIME_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg",
                        "image/gif", "image/svg+xml")
 STATUS_CLASS = {"succeeded": "ok", "failed": "bad", "timed_out": "bad", "cancelled": "warn",
-                "upstream_failed": "bad", "skipped": "warn", "refused": "warn", "running": "info"}
+                "upstream_failed": "bad", "skipped": "warn", "refused": "warn", "running": "info",
+                "waiting": "info"}
 
 # A function from (env, runbook, run_id) to the source-root path of that run's executed notebook copy, or None.
 RunLink = Callable[[str, str, str], "str | None"]
@@ -126,6 +127,49 @@ def value_text(value: Any) -> str:
     return code(json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else value)
 
 
+def who(run: dict) -> str:
+    """Who ran it: the operator, verified (the database authenticated them) or as declared; by hand for a
+    run of ``stackbook lab`` (an interactive run)."""
+    operator = run.get("operator")
+    if not operator:
+        return ""
+    name = esc(operator) + (" (verified)" if run.get("operator_verified") else "")
+    return f"run by hand by {name}" if run.get("kind") == "interactive" else f"by {name}"
+
+
+def approval_text(run: dict) -> str:
+    """The approval a run consumed: who gave it, when, for what (parameters hash, reason)."""
+    found = run.get("approval")
+    if found:
+        verified = " (verified)" if found.get("approver_verified") else ""
+        reason = f": {esc(found['reason'])}" if found.get("reason") else ""
+        return (f"approved by {esc(found['approved_by'])}{verified} {when(found.get('created_at'))} for parameters "
+                f"{code(str(found.get('params_sha256') or '')[:12])}{reason}")
+    if run.get("approval_id"):
+        return f"approval {code(run['approval_id'])} (not in stackbook.approvals)"
+    if run.get("approved_by"):
+        return f"approved by {esc(run['approved_by'])} (a name given on the command line, not a recorded approval)"
+    return ""
+
+
+def run_notes(run: dict) -> list[str]:
+    """What else a run's evidence says: its approval, the run it resumed, the manual step it waits at, and
+    who confirmed its manual steps."""
+    notes = [n for n in (approval_text(run),) if n]
+    if run.get("resumed_from"):
+        notes.append(f"resumed from {code(run['resumed_from'])}")
+    waiting = run.get("waiting") or {}
+    if run.get("status") == "waiting" and waiting:
+        step = esc(waiting.get("instruction") or "a manual step")
+        notes.append(f"waiting at cell {waiting.get('cell_index')}: {step}")
+    for a in run.get("attestations") or []:
+        verified = " (verified)" if a.get("attester_verified") else ""
+        note = f": {esc(a['note'])}" if a.get("note") else ""
+        notes.append(f"step {a.get('cell_index')} confirmed by {esc(a['attested_by'])}{verified} "
+                     f"{when(a.get('at'))}{note}")
+    return notes
+
+
 # ---------------------------------------------------------------- runbook chapter
 
 
@@ -140,9 +184,12 @@ def _md(text: str) -> dict:
 
 def _run_line(label: str, run: dict, link: RunLink) -> str:
     out = link(run["env"], run["runbook"], run["id"])
+    by = who(run)
+    notes = run_notes(run)
     return (f"- **{label}:** {status_chip(run['status'])} {when(run.get('finished_at') or run['started_at'])} "
-            f"in `{run['env']}`, took {seconds(run.get('duration_s'))}: run "
-            f"{download(run['id'], out)}" + (" (executed notebook)" if out else " (executed notebook not found)"))
+            f"in `{run['env']}`{' ' + by if by else ''}, took {seconds(run.get('duration_s'))}: run "
+            f"{download(run['id'], out)}" + (" (executed notebook)" if out else " (executed notebook not found)")
+            + (f"; {'; '.join(notes)}" if notes else ""))
 
 
 def status_section(rb, fr: Freshness, link: RunLink) -> str:
@@ -165,8 +212,15 @@ def status_section(rb, fr: Freshness, link: RunLink) -> str:
         lines.append(f"- **Error:** {error_text(fr.latest)}")
         if fr.latest.get("reason"):
             lines.append(f"- **Reason:** {esc(fr.latest['reason'])}")
-    if fr.running:
-        lines.append(f"- **Running now:** run `{fr.running['id']}` since {when(fr.running['started_at'])}")
+    if fr.running and fr.running["status"] == "waiting":
+        step = fr.running.get("waiting") or {}
+        lines.append(f"- **Waiting now:** run `{fr.running['id']}` (started {when(fr.running['started_at'])}) "
+                     f"stopped at cell {step.get('cell_index')} for a manual step: "
+                     f"{esc(step.get('instruction') or 'see the runbook')}; once done, "
+                     f"`stackbook attest {fr.running['id']} --by NAME` continues it")
+    elif fr.running:
+        lines.append(f"- **Running now:** run `{fr.running['id']}` since {when(fr.running['started_at'])}"
+                     + (f" {who(fr.running)}" if who(fr.running) else ""))
     lines.append(f"- **Freshness window:** {hours(fr.window_hours)}")
     if fr.state == "never":
         lines.append(f"- **Run it:** `stackbook run {rb.name} -e {fr.env}`")
@@ -323,11 +377,16 @@ def history(ledger: Ledger, docs: dict[str, str], link: RunLink, charts: dict[st
         else:
             detail = esc(r.get("reason") or "")
         out = link(r["env"], r["runbook"], r["id"])
+        by = esc(r["operator"]) + (" ✔" if r.get("operator_verified") else "") if r.get("operator") else "–"
+        notes = ([who(r)] if r.get("kind") == "interactive" else []) + run_notes(r)
+        detail = "; ".join(n for n in (*notes, detail) if n)
         rows.append([download(r["id"], out), name, r["env"], status_chip(r["status"]), when(r["started_at"])[5:-4],
-                     seconds(r.get("duration_s")), detail])
+                     seconds(r.get("duration_s")), by, detail])
     if rows:
-        lines.append(table(["run (notebook)", "runbook", "env", "status", "started (UTC)", "took", "results or error"],
-                           rows, css_class="sb-history"))
+        lines.append(table(["run (notebook)", "runbook", "env", "status", "started (UTC)", "took", "by",
+                            "approval, results or error"], rows, css_class="sb-history"))
+        lines += ["", "*by*: the operator, ✔ when the database authenticated them (`identity: database`); otherwise "
+                      "as declared (`$STACKBOOK_OPERATOR`, the scheduler, the OS user)."]
     else:
         lines.append("No runs in the ledger yet.")
     return "\n".join(lines) + "\n"
@@ -446,4 +505,56 @@ def dr_drill(env: str, run: dict | None, drills: list[dict], link: RunLink, doc:
               seconds((d.get("results") or {}).get("rto_seconds")), seconds((d.get("results") or {}).get("rpo_seconds")),
               "yes" if (d.get("results") or {}).get("drill_passed") else "no"]
              for d in sorted(drills, key=lambda d: d["started_at"], reverse=True)[:20]])]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the evidence chain
+
+
+def _chain_badge(ok: bool) -> str:
+    return f'<span class="sb-badge sb-{"fresh" if ok else "failing"}">{"✔ intact" if ok else "✖ broken"}</span>'
+
+
+def evidence_chain(env: str, chain: ChainState | None) -> str:
+    """The chain's state when the book was built, and how an auditor checks a bundle of evidence."""
+    lines = ["# Evidence chain", "",
+             "Every finished run, approval and attestation is appended to one hash chain (`stackbook.chain`): each "
+             "entry's hash covers its fields and the previous entry's hash, so an edited field, a deleted entry or "
+             f"a rewritten tail no longer links. This page shows its state when the book was built. {GENERATED_NOTE}",
+             ""]
+    if chain is None:
+        lines += [":::{note}\nNo evidence chain in this database yet: the first finished run starts it.\n:::", ""]
+    elif chain.ok:
+        lines += [f'<p class="sb-status-line">{_chain_badge(True)} <span>{chain.entries} entries</span></p>', "",
+                  f"Head (entry {chain.entries}): {code(chain.head)}", ""]
+    else:
+        shown = chain.problems
+        lines += [f'<p class="sb-status-line">{_chain_badge(False)} <span>{chain.problem_count} problem(s)</span></p>',
+                  "",
+                  f"{chain.entries} entries, head {code(chain.head)}. The first problems, where the chain breaks:", "",
+                  table(["problem"], [[esc(p)] for p in shown]), ""]
+        if chain.problem_count > len(shown):
+            lines += [f"And {chain.problem_count - len(shown)} more: `stackbook verify -e {env}` names each.", ""]
+    if chain is not None:
+        lines += [f"Checked for this page: every entry's hash, its link to the entry before and the sequence, over "
+                  f"the whole chain; the ledger rows of runs of `{env}` finished in the last {chain.row_days} day(s) "
+                  f"against their entries ({chain.runs_checked} run(s)). Executed notebooks are not re-hashed for the "
+                  f"book (that reads the whole run store): `stackbook verify -e {env}` does it all.", ""]
+    lines += ["## How to verify a bundle", "",
+              "Publish the head `stackbook verify` prints where the database's administrators cannot write (a "
+              "ticket, a signed commit). For an audit, export the period's evidence and give the auditor the file "
+              "and the digest `export` prints:", "",
+              "```bash",
+              f"stackbook evidence export -e {env} --since 2026-10-01 --until 2026-12-31 --out evidence.zip",
+              "stackbook evidence export -e prod --control 'SOC2 CC7.5' --out drills.zip   # one control's runs",
+              "```", "",
+              "The auditor checks it anywhere, with stackbook and no database:", "",
+              "```bash",
+              "stackbook evidence verify evidence.zip --head HASH   # HASH: the head published earlier",
+              "```", "",
+              "It checks every file against the manifest's SHA-256 (a file edited, added or removed is named), that "
+              "the chain segment links (`hash = sha256(prev_hash + body)`, no entry missing), that each ledger row "
+              "equals its chain entry and each executed notebook has the hash its run recorded, and that the "
+              "segment ends at or contains the published head. Exit 0 when everything holds, 1 naming each "
+              "problem."]
     return "\n".join(lines) + "\n"

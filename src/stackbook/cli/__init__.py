@@ -29,7 +29,7 @@ class LazyGroup(click.Group):
         "show": ("stackbook.cli.catalog", "show", "Parameters and metadata of one runbook."),
         "run": ("stackbook.cli.run", "run", "Run a runbook headlessly; parameters checked first."),
         "runs": ("stackbook.cli.run", "runs", "Recent runs from the ledger; `runs show ID` for one."),
-        "lab": ("stackbook.cli.lab", "lab", "JupyterLab on the project with the environment loaded."),
+        "lab": ("stackbook.cli.lab", "lab", "JupyterLab on the project; `lab NAME`: a runbook by hand, as a run."),
         "pipeline": ("stackbook.cli.pipeline", "pipeline", "Pipelines of runbooks: list, show, run."),
         "schedule": ("stackbook.cli.schedule", "schedule", "Schedules: crontab lines, Airflow DAGs, CronJobs."),
         "metrics": ("stackbook.cli.metrics", "metrics", "Prometheus metrics of the run ledger; alerting rules."),

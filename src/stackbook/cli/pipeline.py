@@ -88,9 +88,15 @@ class _Printer:
         elif kind == "finished":
             took = f" in {d['duration_s']:.1f} s" if d.get("duration_s") else ""
             why = f": {d['reason']}" if d.get("reason") and d["status"] != "succeeded" else ""
-            click.echo(f"stackbook: {task}: {d['status']}{took}{why}", err=True)
-        else:  # skipped, upstream_failed, cancelled
+            note = f" ({d['note']})" if d.get("note") else ""
+            click.echo(f"stackbook: {task}: {d['status']}{took}{why}{note}", err=True)
+        else:  # skipped, upstream_failed, cancelled, kept (a repair)
             click.echo(f"stackbook: {task}: {kind}: {d.get('reason')}", err=True)
+
+
+def _why(t: dict) -> str:
+    why = t["reason"] if t["status"] != "succeeded" else t["why"]
+    return f"{why}; {t['note']}" if t.get("note") else why or ""
 
 
 def _exit_with_outcome(summary: dict) -> None:
@@ -101,6 +107,12 @@ def _exit_with_outcome(summary: dict) -> None:
                    f"not run, another run holds their exclusive runbook's lock; run again when it is done {see}",
                    err=True)
         sys.exit(3)
+    if summary["status"] == "waiting":  # as `stackbook run` has it: exit 0, a person goes on
+        click.echo(f"stackbook: pipeline {summary['pipeline']}: task(s) {', '.join(summary['waiting'])} wait at a "
+                   "manual step; their dependents did not run: confirm with `stackbook attest RUN_ID --by NAME`, "
+                   f"then `stackbook pipeline run {summary['pipeline']} --repair {summary['pipeline_run_id']}` {see}",
+                   err=True)
+        return
     if summary["status"] != "succeeded":
         click.echo(f"stackbook: pipeline {summary['pipeline']} failed: task(s) {', '.join(summary['failed'])} "
                    f"did not succeed {see}", err=True)
@@ -115,31 +127,40 @@ def _exit_with_outcome(summary: dict) -> None:
 @click.option("--force", is_flag=True, help="Run every task, even those that are up to date.")
 @click.option("--parallel", type=click.IntRange(min=1), default=None,
               help="Tasks to run at once (default: the number of cores, at most 4).")
+@click.option("--repair", "repair_id", default=None, metavar="PIPELINE_RUN_ID",
+              help="Re-run only the tasks of that pipeline run that failed, timed out, were cancelled or refused, "
+                   "or never ran because an upstream failed (resumable runbooks resume); the others keep their runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the pipeline run summary as JSON (only it, on stdout).")
 @handle_errors
-def run(name, env, profile, force, parallel, as_json) -> None:
+def run(name, env, profile, force, parallel, repair_id, as_json) -> None:
     """Run pipeline NAME: up-to-date tasks are skipped, the others run through `stackbook run`'s path.
 
     NAME is a pipeline under pipelines/ or a path to a pipeline.yaml. Every
     task's parameters and secrets are checked before any kernel starts. Exit
-    codes: 0 every task succeeded or was up to date, 1 a task failed (its
+    codes: 0 every task succeeded or was up to date (or waits at a manual
+    step: `stackbook attest`, then --repair), 1 a task failed (its
     dependents are recorded as upstream_failed, independent tasks go on),
     2 bad spec or input (nothing ran), 3 a task was refused and none failed
     (its exclusive runbook is running elsewhere; recorded as refused),
     130 interrupted.
+
+    --repair ID reruns only what did not succeed in pipeline run ID, as its
+    next attempt (same id; `stackbook runs --pipeline-run ID` shows both);
+    give the --profile and -e of that run. Unknown id, another pipeline's
+    run, or nothing to repair: exit 2.
     """
     from stackbook.pipelines.execute import run_pipeline
 
     sigterm_as_interrupt()
     summary = run_pipeline(name, env=env, profile=profile, force=force, parallel=parallel,
-                           on_event=_Printer())
+                           on_event=_Printer(), repair_id=repair_id)
     if as_json:
         emit_json(summary)
     else:
         click.echo(f"pipeline {summary['pipeline']} run {summary['pipeline_run_id']} on {env}: {summary['status']} "
                    f"in {summary['duration_s']:.1f} s")
-        rows = [{"task": t["name"], "status": t["status"], "run": t["run_id"] or "",
-                 "attempts": t["attempts"] or "", "why": t["reason"] if t["status"] != "succeeded" else t["why"]}
-                for t in summary["tasks"]]
-        click.echo(table(rows, ["task", "status", "attempts", "run", "why"]))
+        rows = [{"task": t["name"], "status": t["status"], "run": t["run_id"] or "", "repair": t["repair"] or "",
+                 "attempts": t["attempts"] or "", "why": _why(t)} for t in summary["tasks"]]
+        columns = ["task", "status", "attempts", "run", "why"]
+        click.echo(table(rows, columns[:2] + ["repair"] + columns[2:] if repair_id else columns))
     _exit_with_outcome(summary)

@@ -3,7 +3,10 @@
 An environment file holds what differs between dev, staging and prod::
 
     description: a laptop or CI machine
-    require_approval: false      # destructive non-dry runs need --approved-by
+    approval:                    # destructive non-dry runs need a recorded approval (stackbook approve)
+      approvers: [alice, bob]    #   only these may approve (omitted: anyone may)
+      two_person: true           #   and never the run's own operator
+    require_approval: false      # the older form: true means an approval is required, anyone may give it
     run_store: null              # base URL of executed notebooks (default .stackbook/runs), e.g. s3://bucket/prefix
     s3_endpoint: null            # an S3-compatible server's URL (MinIO, moto); none: $AWS_ENDPOINT_URL or AWS
     kube_context: null           # kubeconfig context; none means plans only
@@ -37,6 +40,18 @@ S3_URL_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?")  # s3://bucket/pr
 VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name, as kernel_env lists them
 
 
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """An environment's rule for destructive runs that are not dry runs (``stackbook.run.approvals``)."""
+
+    required: bool = False
+    approvers: tuple[str, ...] = ()  # empty: anyone may approve
+    two_person: bool = False  # the approver is never the run's operator
+
+
+APPROVAL_KEYS = ("approvers", "two_person")
+
+
 @dataclass
 class Environment:
     name: str
@@ -48,8 +63,18 @@ class Environment:
         return default if value is None else value
 
     @property
+    def approval(self) -> ApprovalPolicy:
+        """Who must approve a destructive run that is not a dry run: the ``approval:`` block (checked by
+        ``load``), else ``require_approval: true`` (an approval by anyone), else none needed."""
+        block = self.data.get("approval")
+        if isinstance(block, dict):
+            return ApprovalPolicy(required=True, approvers=tuple(block.get("approvers") or ()),
+                                  two_person=bool(block.get("two_person", False)))
+        return ApprovalPolicy(required=bool(self.data.get("require_approval", False)))
+
+    @property
     def require_approval(self) -> bool:
-        return bool(self.data.get("require_approval", False))
+        return self.approval.required
 
     @property
     def shared_params(self) -> dict[str, Any]:
@@ -96,6 +121,7 @@ def load(name: str = DEFAULT_ENV) -> Environment:
         if values is not None and not isinstance(values, dict):
             raise EnvironmentFileError(f"{path}: runbooks.{runbook} must be a mapping of parameter: value", env=name)
     _check_kernel_env(path, name, data.get("kernel_env"))
+    _check_approval(path, name, data.get("approval"))
     if data.get("identity") is not None and data["identity"] not in IDENTITIES:
         raise EnvironmentFileError(f"{path}: identity is {data['identity']!r}; use one of {', '.join(IDENTITIES)} "
                                    "(database: each operator connects with a login role of their own)", env=name)
@@ -117,6 +143,26 @@ def _check_kernel_env(path: Path, env: str, names: Any) -> None:
         raise EnvironmentFileError(f"{path}: kernel_env lists {shown}, not the name of an environment variable "
                                    "(letters, digits and '_', not starting with a digit; list names, not NAME=value)",
                                    env=env)
+
+
+def _check_approval(path: Path, env: str, block: Any) -> None:
+    """``approval`` is a mapping of ``approvers`` (a list of names) and ``two_person`` (true or false)."""
+    if block is None:
+        return
+    example = "e.g. approval: {approvers: [alice, bob], two_person: true}"
+    if not isinstance(block, dict):
+        raise EnvironmentFileError(f"{path}: approval must be a mapping, {example}", env=env)
+    unknown = sorted(str(k) for k in block if k not in APPROVAL_KEYS)
+    if unknown:
+        raise EnvironmentFileError(f"{path}: approval has unknown key(s) {', '.join(unknown)}; it takes "
+                                   f"{' and '.join(APPROVAL_KEYS)}, {example}", env=env)
+    approvers = block.get("approvers")
+    if approvers is not None and (not isinstance(approvers, list) or not approvers
+                                  or not all(isinstance(a, str) and a.strip() for a in approvers)):
+        raise EnvironmentFileError(f"{path}: approval.approvers must be a non-empty list of names (the operators, "
+                                   f"or database roles under identity: database), {example}", env=env)
+    if not isinstance(block.get("two_person", False), bool):
+        raise EnvironmentFileError(f"{path}: approval.two_person must be true or false, {example}", env=env)
 
 
 def _check_s3_endpoint(path: Path, env: str, url: Any) -> None:

@@ -88,6 +88,23 @@ class LedgerUnreachable(StackbookError):
     exit_code = 1
 
 
+class KernelCodeError(StackbookError):
+    """Code stackbook ran hidden in a run's kernel (a snapshot) raised, or the kernel died or did not answer (exit 1)."""
+
+    exit_code = 1
+
+
+class SnapshotError(StackbookError):
+    """A failed run's kernel snapshot could not be restored into the resumed run's kernel (exit 1)."""
+
+    exit_code = 1
+
+
+class ApprovalRefused(RefusedError):
+    """A destructive run without an approval that matches it exactly (``stackbook.run.approvals``): missing,
+    for other code, parameters or environment, expired, used, self-given or by someone not listed (exit 3)."""
+
+
 # --- pipelines and schedules -------------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ A runbook is, in one environment:
   twice the interval of its cron ``schedule``; neither: never stale);
 - ``never``: no run in this environment yet.
 
-``skipped`` and ``refused`` rows (runs that never started) do not count either way. It lives in core because the book
+``skipped`` and ``refused`` rows (runs that never started) do not count either way; a ``waiting`` run (stopped
+at a manual step until someone attests it) has not finished: it is in progress, as a ``running`` one, and
+neither fresh success nor failure. An interactive run (``kind = 'interactive'``) that succeeded counts as any
+success does. It lives in core because the book
 (its badges), ``stackbook check`` and the alerting rules (``stackbook.notify``)
 must agree on it, and the notify package sits below the book.
 """
@@ -72,8 +75,8 @@ def freshness(metadata: dict[str, Any], runs: list[dict], env: str, now: datetim
     hours = window_hours(metadata)
     ordered = sorted((r for r in runs if r.get("env") == env), key=lambda r: (_parse_time(r["started_at"]), r["id"]),
                      reverse=True)
-    running = next((r for r in ordered if r["status"] == "running"), None)
-    finished = [r for r in ordered if r["status"] not in ("running", "skipped", "refused")]
+    running = next((r for r in ordered if r["status"] in ("running", "waiting")), None)
+    finished = [r for r in ordered if r["status"] not in ("running", "waiting", "skipped", "refused")]
     latest = finished[0] if finished else None
     success = next((r for r in finished if r["status"] == "succeeded"), None)
     result = Freshness(state="never", env=env, window_hours=hours, latest=latest, last_success=success,

@@ -56,6 +56,8 @@ METADATA_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "retries": (int, 0),
     "retry_delay_s": ((int, float), 10),
     "inputs": (list, []),  # project files (globs) the runbook reads: a change re-runs it in a pipeline
+    "resumable": (bool, False),  # a retry or a pipeline repair continues a failed run instead of starting afresh
+    "controls": (list, []),  # the SOC 2 / ISO 27001 controls its runs evidence ("SOC2 CC7.5", "ISO27001 A.5.30")
 }
 
 
@@ -351,6 +353,9 @@ def _metadata(nb: dict, path: Path) -> dict[str, Any]:
             meta[key] = list(default) if isinstance(default, list) else default
         elif not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
             raise NotebookError(f"{path}: metadata.stackbook.{key} has the wrong type ({meta[key]!r})")
+    if not all(isinstance(c, str) and c.strip() for c in meta["controls"]):
+        raise NotebookError(f"{path}: metadata.stackbook.controls must be a list of control ids such as "
+                            f"\"SOC2 CC7.5\" or \"ISO27001 A.5.30\", not {meta['controls']!r}")
     return meta
 
 

@@ -2,7 +2,8 @@
 
 ``notebook(cells, metadata)`` builds an output-free nbformat 4.5 notebook from
 ``("md", text)`` and ``("code", text)`` pairs; ``("params", text)`` is the code
-cell tagged ``parameters``. Cell ids are derived from the content, so writing
+cell tagged ``parameters`` and ``("setup", text)`` a code cell tagged ``setup`` (imports and connections,
+re-run when a failed run is resumed). Cell ids are derived from the content, so writing
 the same runbook twice gives the same file.
 """
 
@@ -29,12 +30,12 @@ def notebook(cells: Iterable[tuple[str, str]], stackbook_meta: dict[str, Any]) -
         cid = hashlib.sha1(f"{n}:{kind}:{text}".encode()).hexdigest()[:8]
         if kind == "md":
             out.append({"cell_type": "markdown", "id": cid, "metadata": {}, "source": _lines(text)})
-        elif kind in ("code", "params"):
-            meta = {"tags": ["parameters"]} if kind == "params" else {}
+        elif kind in ("code", "params", "setup"):
+            meta = {"tags": [{"params": "parameters", "setup": "setup"}[kind]]} if kind != "code" else {}
             out.append({"cell_type": "code", "execution_count": None, "id": cid, "metadata": meta,
                         "outputs": [], "source": _lines(text)})
         else:
-            raise ValueError(f"unknown cell kind {kind!r}: use md, params or code")
+            raise ValueError(f"unknown cell kind {kind!r}: use md, params, setup or code")
     return {
         "cells": out,
         "metadata": {

@@ -4,7 +4,8 @@ What happens, in order:
 
 1. Checks that need no cluster, as a local run does: the runbook is in the
    catalogue (only ``runbooks/`` is in the image), the parameters convert,
-   approval is given for a destructive non-dry run. Secrets are NOT read
+   a destructive non-dry run's ``--approval`` matches it (``approvals.check``;
+   the pod's ``stackbook run ... --approval ID`` consumes it). Secrets are NOT read
    locally: the pod gets them from the Kubernetes Secret ``stackbook-secrets``
    (and ``DATABASE_URL`` from ``stackbook-database``), as the CronJobs do.
 2. The cluster: the environment file's ``kube_context`` must name a context of
@@ -37,10 +38,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from stackbook.core import catalog, environments, project
-from stackbook.core import params as params_mod
 from stackbook.core.errors import StackbookError, UsageError
 from stackbook.run import ledger, runstore
-from stackbook.run.engine import RunOptions, check_approval
+from stackbook.run.engine import RunOptions, check_approval, effective_values
 from stackbook.run.record import RunRecord
 
 JOB_LABEL = "stackbook.dev/run"
@@ -83,10 +83,8 @@ def job_manifest(name: str, options: RunOptions, token: str | None = None, run_s
         raise UsageError(f"{runbook.path} is not under {project.runbooks_dir()}: only catalogue runbooks are in the "
                          "platform image, so only they can run on Kubernetes", runbook=runbook.name) from None
     env = environments.load(options.env)
-    file_values = params_mod.load_file(options.params_file) if options.params_file else {}
-    values = params_mod.resolve(runbook, cli=options.cli_params, file_values={**file_values, **options.extra_params},
-                                env_shared=env.shared_params, env_runbook=env.runbook_params(runbook.name))
-    check_approval(runbook, env, values, options.approved_by)
+    values = effective_values(runbook, env, options)
+    options = check_approval(runbook, env, values, options)  # checked here, consumed by the pod's run
     token = token or secrets.token_hex(3)
     pseudo = SimpleNamespace(name=runbook.name, metadata={"schedule": "@daily",
                                                           "timeout": options.timeout or runbook.metadata.get("timeout"),
@@ -120,8 +118,8 @@ def job_manifest(name: str, options: RunOptions, token: str | None = None, run_s
         container["args"][-1:-1] = ["--cell-timeout", str(options.cell_timeout)]
     if options.timeout:
         container["args"][-1:-1] = ["--timeout", str(options.timeout)]
-    if options.approved_by:
-        container["args"][-1:-1] = ["--approved-by", options.approved_by]
+    if options.approval_id:
+        container["args"][-1:-1] = ["--approval", options.approval_id]
     return job
 
 

@@ -71,6 +71,7 @@ class RunView:
     path: str | None = None
     reason: str | None = None
     approved_by: str | None = None
+    approval_id: str | None = None  # the recorded approval the run consumed (``stackbook approve``)
     host: str | None = None
     pipeline_run_id: str | None = None
     started_at: Any = None
@@ -89,6 +90,7 @@ class RunView:
             env=str(_field(record, "env", "")), status=str(_field(record, "status", "")), error=dict(error),
             duration_s=_field(record, "duration_s"), output=_field(record, "output"), path=_field(record, "path"),
             reason=_field(record, "reason"), approved_by=_field(record, "approved_by"), host=_field(record, "host"),
+            approval_id=_field(record, "approval_id"),
             pipeline_run_id=_field(record, "pipeline_run_id"), started_at=_field(record, "started_at"),
             finished_at=_field(record, "finished_at"), attempt=int(_field(record, "attempt", 1)),
         )

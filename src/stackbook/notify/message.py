@@ -79,13 +79,16 @@ def when(value: Any) -> str | None:
 
 
 def operator(run: RunView | None = None) -> str:
-    """Who ran it: this process's user at the run's host (and the approver, when there was one)."""
+    """Who ran it: this process's user at the run's host (and the approver and the approval's id, when the run
+    consumed one: ``stackbook approve``)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)
         user = os.environ.get("USER") or f"uid {os.getuid()}"
     host = (run.host if run else None) or socket.gethostname()
     approved = f" (approved by {run.approved_by})" if run and run.approved_by else ""
+    if run and run.approved_by and run.approval_id:
+        approved = f" (approved by {run.approved_by}, approval {run.approval_id})"
     return f"{user}@{host}{approved}"
 
 

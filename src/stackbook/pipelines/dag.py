@@ -98,9 +98,16 @@ class PlannedTask:
     upstream: list[str]
     prepared: runner.Prepared
     products: dict[str, Path]
-    action: str = "run"  # "run" or "skip"
+    action: str = "run"  # "run", "skip" or (a repair) "keep"
     why: str = ""
     ploomber_task: Any = None
+    first_attempt: int = 1  # a repair continues the attempts of the pipeline run it repairs
+    resume_from: str | None = None  # a repair's first attempt continues this run (``resumable: true``)
+    repair: bool = False  # rerun by a repair (``stackbook.pipelines.repair``)
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.prepared.runbook.metadata.get("resumable"))
 
     @property
     def retries(self) -> int:

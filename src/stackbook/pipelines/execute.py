@@ -16,7 +16,11 @@ a run that never started, which freshness, metrics and alerts leave out), so
 summary's status is ``refused`` when a task was refused and none failed
 (``stackbook pipeline run`` exits 3, as ``stackbook run`` does). A failed attempt is retried after
 ``retry_delay_s * 2 ** (attempt - 1)`` seconds while the runbook's ``retries``
-allow; a task that exhausted them is ``failed``.
+allow; a task that exhausted them is ``failed``. A retry of a runbook whose
+metadata says ``resumable: true`` continues the failed attempt where it stopped
+(``repair.execute_attempt``; from the start when the engine has no snapshot).
+``run_pipeline(..., repair_id=ID)`` repairs pipeline run ID instead: only the
+tasks that did not succeed run, as its next attempt (:mod:`.repair`).
 
 Notifications (``stackbook.notify``): one message per task, about its last
 attempt (a retried task that recovered was never announced as failed, and a
@@ -37,11 +41,10 @@ from typing import Any
 
 from stackbook import notify
 from stackbook.core.environments import DEFAULT_ENV
-from stackbook.core.errors import RefusedError
+from stackbook.core.errors import RefusedError, UsageError
 from stackbook.pipelines import dag as dag_mod
-from stackbook.pipelines import fastpath
+from stackbook.pipelines import fastpath, repair
 from stackbook.pipelines.spec import load_spec
-from stackbook.run import engine as runner
 from stackbook.run import ledger
 
 Event = Callable[[str, dict], None]  # (kind, details): started, finished, skipped, upstream_failed, retry
@@ -60,6 +63,9 @@ class TaskOutcome:
     duration_s: float = 0.0
     output: str | None = None
     error: dict | None = None
+    repair: str | None = None  # in a repair: "kept", "rerun" or "resumed"
+    resumed_from: str | None = None  # the run its last attempt continued (``resumable: true``)
+    note: str | None = None  # how it was resumed, or why a resume ran from the start
 
 
 def default_parallel() -> int:
@@ -104,14 +110,17 @@ class _AttemptStarted:
 
 def _run_task(task: dag_mod.PlannedTask, pipeline_run_id: str, cancel: threading.Event, emit: Event,
               running: _Running) -> TaskOutcome:
-    """All attempts of one task (in a worker thread)."""
-    out = TaskOutcome(name=task.name, runbook=task.runbook, status="failed", why=task.why)
+    """All attempts of one task (in a worker thread); a retry of a ``resumable`` runbook resumes the failed try."""
+    out = TaskOutcome(name=task.name, runbook=task.runbook, status="failed", why=task.why,
+                      repair="rerun" if task.repair else None)
     t0 = time.monotonic()
-    attempts = 1 + max(0, task.retries)
-    for attempt in range(1, attempts + 1):
+    attempts = task.first_attempt + max(0, task.retries)
+    resume_from = task.resume_from
+    for attempt in range(task.first_attempt, attempts + 1):
         prepared = dag_mod.with_attempt(task.prepared, attempt, pipeline_run_id)
         try:
-            rec = runner.execute(prepared, on_start=_AttemptStarted(task, attempt, out, running, emit))
+            rec, note = repair.execute_attempt(prepared, resume_from,
+                                               on_start=_AttemptStarted(task, attempt, out, running, emit))
         except RefusedError as exc:
             out.status, out.reason = "refused", str(exc)
             break
@@ -119,10 +128,14 @@ def _run_task(task: dag_mod.PlannedTask, pipeline_run_id: str, cancel: threading
             running.remove(task.name)
         out.attempts, out.run_id, out.output = attempt, rec.id, rec.output
         out.status, out.reason, out.error = rec.status, rec.reason, rec.error
-        if rec.status in ("succeeded", "cancelled") or cancel.is_set():
+        out.resumed_from, out.note = rec.resumed_from, note
+        if out.repair and rec.resumed_from:
+            out.repair = "resumed"
+        resume_from = repair.resume_from_after(task.prepared, rec)
+        if rec.status in ("succeeded", "cancelled", "waiting") or cancel.is_set():  # waiting: for a person, no retry
             break
         if attempt < attempts:
-            delay = task.retry_delay_s * 2 ** (attempt - 1)
+            delay = task.retry_delay_s * 2 ** (attempt - task.first_attempt)
             emit("retry", {"task": task.name, "attempt": attempt, "status": rec.status, "delay_s": delay,
                            "reason": rec.reason})
             if cancel.wait(delay):
@@ -183,6 +196,17 @@ class _PipelineRun:
         for name in self.plan.order:
             if self.plan.tasks[name].action == "skip":
                 self.record_final(name, "skipped", self.plan.tasks[name].why)
+        self.pending = [n for n in self.plan.order if n not in self.outcomes]
+
+    def keep(self, last: dict[str, tuple[ledger.RunRecord | None, int]]) -> None:
+        """A repair: the tasks it keeps have their outcome from the pipeline run repaired (no new row)."""
+        for name in self.plan.order:
+            task, (rec, _) = self.plan.tasks[name], last[name]
+            if task.action == "keep":
+                self.outcomes[name] = TaskOutcome(name=name, runbook=task.runbook, status=rec.status, why=task.why,
+                                                  reason=rec.reason, run_id=rec.id, attempts=rec.attempt,
+                                                  run_ids=[rec.id], output=rec.output, repair="kept")
+                self.emit("kept", {"task": name, "run_id": rec.id, "reason": f"{rec.status} in run {rec.id}"})
         self.pending = [n for n in self.plan.order if n not in self.outcomes]
 
     def _ok(self, name: str) -> bool:
@@ -265,19 +289,27 @@ class _PipelineRun:
     def summary(self, **about: Any) -> dict[str, Any]:
         """The pipeline run summary: ABOUT (pipeline, env, ...), the status, the task lists, every outcome."""
         tasks = [asdict(self.outcomes[n]) for n in self.plan.order]
-        failed = [t["name"] for t in tasks if t["status"] not in (*OK, "upstream_failed", "refused")]
+        failed = [t["name"] for t in tasks if t["status"] not in (*OK, "upstream_failed", "refused", "waiting")]
         refused = [t["name"] for t in tasks if t["status"] == "refused"]
+        waiting = [t["name"] for t in tasks if t["status"] == "waiting"]
         interrupted = self.cancel.is_set()
-        return {
+        kept = [t["name"] for t in tasks if t["repair"] == "kept"]
+        status = "failed" if failed else "refused" if refused else "waiting" if waiting else "succeeded"
+        out = {
             **about,
-            "status": "cancelled" if interrupted else ("failed" if failed else "refused" if refused else "succeeded"),
+            "status": "cancelled" if interrupted else status,
             "failed": failed,
             "refused": refused,
+            "waiting": waiting,
             "ran": [t["name"] for t in tasks if t["status"] not in ("skipped", "upstream_failed", "cancelled",
-                                                                   "refused")],
-            "skipped": [t["name"] for t in tasks if t["status"] == "skipped"],
+                                                                   "refused") and t["name"] not in kept],
+            "skipped": [t["name"] for t in tasks if t["status"] == "skipped" and t["name"] not in kept],
             "upstream_failed": [t["name"] for t in tasks if t["status"] == "upstream_failed"],
         }
+        if any(t["repair"] for t in tasks):
+            out.update(kept=kept, rerun=[t["name"] for t in tasks if t["repair"] == "rerun"],
+                       resumed=[t["name"] for t in tasks if t["repair"] == "resumed"])
+        return out
 
 
 def _plan(spec, *, env: str, profile: str | None, force: bool, pipeline_run_id: str,
@@ -294,26 +326,44 @@ def _plan(spec, *, env: str, profile: str | None, force: bool, pipeline_run_id: 
 
 def run_pipeline(name: str, *, env: str = DEFAULT_ENV, profile: str | None = None, force: bool = False,
                  parallel: int | None = None, cli_params: list[str] | None = None,
-                 on_event: Event | None = None) -> dict[str, Any]:
+                 on_event: Event | None = None, repair_id: str | None = None) -> dict[str, Any]:
     """Run pipeline NAME; returns the pipeline run summary (``status`` succeeded, failed or refused, per-task
-    outcomes).
+    outcomes). REPAIR_ID: repair that pipeline run instead (``stackbook.pipelines.repair``: only the tasks
+    that did not succeed run, as its next attempt; the summary then lists ``kept``, ``rerun``, ``resumed``).
 
-    Raises UsageError (exit 2, nothing ran) when the spec, a runbook, a parameter or a secret is wrong;
-    KeyboardInterrupt after recording every task's end when interrupted.
+    Raises UsageError (exit 2, nothing ran) when the spec, a runbook, a parameter or a secret is wrong, or
+    the pipeline run to repair is unknown, another's or has nothing to repair; KeyboardInterrupt after
+    recording every task's end when interrupted.
     """
+    if repair_id and force:
+        raise UsageError("--repair and --force do not go together: a repair keeps the tasks that succeeded "
+                         "(nothing was executed)")
     spec = load_spec(name)
-    pipeline_run_id = "p" + ledger.new_run_id()
+    if repair_id:
+        with ledger.session() as conn:
+            repair.runs_of(conn, repair_id, env)  # an unknown id or another environment: exit 2 before planning
+    pipeline_run_id = repair_id or "p" + ledger.new_run_id()
     started = time.monotonic()
     channel_secrets = notify.channel_secrets(env)  # a wrong notify route: exit 2, nothing ran
-    plan, decided_by = _plan(spec, env=env, profile=profile, force=force, pipeline_run_id=pipeline_run_id,
-                             cli_params=cli_params)
+    if repair_id:  # ploomber's plan (every task prepared and checked); the ledger decides what runs
+        plan = dag_mod.plan(spec, env=env, profile=profile, force=True, pipeline_run_id=pipeline_run_id,
+                            cli_params=cli_params)
+        decided_by = "stackbook.pipelines.repair"
+    else:
+        plan, decided_by = _plan(spec, env=env, profile=profile, force=force, pipeline_run_id=pipeline_run_id,
+                                 cli_params=cli_params)
     for task in plan.tasks.values():
         task.prepared.options.scrub_values = channel_secrets
     parallel = max(1, parallel or default_parallel())
     with ledger.session() as conn:
         state = _PipelineRun(plan, conn, env=env, pipeline_run_id=pipeline_run_id, parallel=parallel,
                              emit=on_event or _ignore)
-        state.skip_up_to_date()
+        if repair_id:
+            last = repair.last_attempts(conn, plan, repair_id)
+            repair.apply(plan, last, repair_id)
+            state.keep(last)
+        else:
+            state.skip_up_to_date()
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="pipeline") as pool:
             try:
                 state.drive(pool)

@@ -13,7 +13,8 @@ or the OS user, in that order.
 ``verify`` recomputes the chain (``stackbook.run.chain``) from its first entry, in
 one SQL statement (a ledger of 100,000 entries is not shipped to Python): every
 entry's hash, its link to the one before, the sequence without gaps; it
-compares each run's row with its latest chain entry (a field edited with SQL),
+compares each run's row with its latest chain entry (a field edited with SQL), and each
+approval's row (``stackbook.run.approvals``) with its entry,
 checks a chain head published earlier (``--head``) is still in the chain, and
 re-hashes every executed notebook in the run store (local or remote) against
 the hash its run recorded. ``Report.problems`` names each broken entry.
@@ -108,6 +109,16 @@ def provenance(runbook: notebooks.Runbook, env: environments.Environment, params
     )
 
 
+#: the columns of an approval its chain entry holds (``used_by`` and ``used_at`` change once, when a run uses it)
+APPROVAL_FIELDS = ("id", "runbook", "env", "code_sha256", "params", "params_sha256", "env_file_sha256",
+                   "approved_by", "approver_verified", "reason", "created_at", "expires_at")
+
+
+def approval_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """The chain entry of an approval (``stackbook.run.approvals``) from its row, times in UTC."""
+    return {"kind": "approval", **{name: chain._json_value(row.get(name)) for name in APPROVAL_FIELDS}}
+
+
 @dataclass
 class Problem:
     """One thing that does not hold: the entry (its seq) or run it is about, and what is wrong."""
@@ -170,7 +181,8 @@ select seq, ref, prev_seq, body is null as no_body, hash_ok and body_ok and ref_
   from (select seq, kind, ref, body, prev_hash, lag(seq) over w as prev_seq, lag(hash) over w as prev_row_hash,
                coalesce(encode(sha256(convert_to(prev_hash || body, 'UTF8')), 'hex') = hash, false) as hash_ok,
                coalesce(body::jsonb = entry, false) as body_ok,
-               coalesce(entry->>'kind' = kind and (kind <> 'run' or entry->>'id' = ref), false) as ref_ok
+               coalesce(entry->>'kind' = kind and (kind not in ('run', 'approval') or entry->>'id' = ref),
+                        false) as ref_ok
           from stackbook.chain window w as (order by seq)) walk
  where not (hash_ok and body_ok and ref_ok) or seq <> coalesce(prev_seq, 0) + 1
     or prev_hash <> coalesce(prev_row_hash, %(genesis)s)
@@ -287,6 +299,42 @@ def _unchained_rows(conn, walk: _Walk) -> None:
                                             "outside stackbook)", ref=run_id))
 
 
+_APPROVALS_SQL = """
+select distinct on (c.ref) c.seq, c.ref, c.entry from stackbook.chain c
+ where c.kind = 'approval' and (%(since)s::timestamptz is null or c.at >= %(since)s::timestamptz)
+   and (%(env)s::text is null or c.entry->>'env' = %(env)s::text)
+ order by c.ref, c.seq desc
+"""
+
+
+def _compare_approvals(conn, walk: _Walk) -> None:
+    """Each approval's row against its chain entry (a field edited with SQL, the row gone), and approvals that
+    no entry holds (a row inserted with SQL)."""
+    from psycopg.rows import dict_row
+
+    entries = conn.execute(_APPROVALS_SQL, {"since": walk.since, "env": walk.env}).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("select * from stackbook.approvals where id = any(%s)", ([ref for _, ref, _ in entries],))
+        rows = {r["id"]: r for r in cur.fetchall()}
+    for seq, ref, entry in entries:
+        if ref not in rows:
+            walk.report.problems.append(Problem(f"approval {ref}'s row is gone from stackbook.approvals", seq=seq))
+            continue
+        now = approval_entry(rows[ref])
+        for key in [k for k in APPROVAL_FIELDS if now.get(k) != entry.get(k)]:
+            walk.report.problems.append(Problem(
+                f"approval {ref}: field {key} edited: the approvals row says {notebooks.shown(now.get(key))}, the "
+                f"chain {notebooks.shown(entry.get(key))}", seq=seq))
+    loose = conn.execute(
+        "select id from stackbook.approvals a where (%(since)s::timestamptz is null or created_at >= "
+        "%(since)s::timestamptz) and (%(env)s::text is null or env = %(env)s::text) and not exists "
+        "(select 1 from stackbook.chain c where c.kind = 'approval' and c.ref = a.id) order by created_at",
+        {"since": walk.since, "env": walk.env}).fetchall()
+    for (approval_id,) in loose:
+        walk.report.problems.append(Problem(f"approval {approval_id} is not in the chain (its row was written "
+                                            "outside stackbook)"))
+
+
 @functools.lru_cache(maxsize=64)
 def _endpoint(env: str | None) -> str | None:
     """ENV's ``s3_endpoint``, its file read once per verify however many notebooks it has."""
@@ -326,16 +374,21 @@ def _check_notebooks(walk: _Walk) -> None:
 
 
 def verify(conn, *, since: datetime | None = None, published_head: str | None = None,
-           notebooks_too: bool = True, env: str | None = None) -> Report:
+           notebooks_too: bool = True, env: str | None = None, chain_too: bool = True) -> Report:
     """The chain recomputed from its first entry, each run (finished since SINCE; of ENV only when given)
-    compared with its entry and its executed notebook re-hashed, PUBLISHED_HEAD looked for."""
+    compared with its entry and its executed notebook re-hashed, PUBLISHED_HEAD looked for. ``chain_too``
+    False skips the walk (the book caches it while the chain is unchanged): only its length and head are read."""
     if published_head is not None and not chain.HASH_RE.fullmatch(published_head):
         raise UsageError(f"--head {notebooks.shown(published_head)} is not a chain hash (64 hex digits, as "
                          "`stackbook verify` prints it)")
     walk = _Walk(report=Report(published_head=published_head), since=since, env=env)
-    _walk_chain(conn, walk)
+    if chain_too:
+        _walk_chain(conn, walk)
+    else:
+        walk.report.entries, walk.report.head = chain.head(conn)
     _compare_rows(conn, walk)
     _unchained_rows(conn, walk)
+    _compare_approvals(conn, walk)
     if notebooks_too:
         _check_notebooks(walk)
     return walk.report

@@ -18,6 +18,14 @@ cell counts, and so do the error markers once ``mark_error`` has placed them.
 A cell that raised, or was running when the kernel died, the run timed out or
 was cancelled, ends ``failed``: ``cell_exception`` marks it before
 ``cell_complete``, which never overwrites ``failed`` with ``completed``.
+
+Resumed and continued runs: ``carry`` copies a cell that completed in an earlier
+run (outputs, execution count, papermill's metadata) into this notebook, marked
+``metadata.stackbook.carried_from``; ``from_stored`` takes a waiting run's own
+stored notebook back (``stackbook attest``) and ``notebook_continue`` goes on with
+it, its completed cells kept. Cells tagged ``setup`` (imports, connections) run
+again after a snapshot is restored; a cell tagged ``manual`` is a step a person
+does: a headless run stops there (``instruction``), ``waiting``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ ERROR_ANCHOR_MSG = (
 )
 MARKER_CELLS = 2  # papermill's error markers before a failing cell: the banner (first) and the anchor
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+SETUP_TAG = "setup"  # re-run after a snapshot is restored: imports, connections, clients
+MANUAL_TAG = "manual"  # a step a person does outside the notebook: a headless run stops there, waiting
 
 
 def _now() -> datetime:
@@ -52,7 +62,28 @@ def _now() -> datetime:
 
 
 def _tagged(cell, tag: str) -> bool:
-    return tag in cell.get("metadata", {}).get("tags", [])
+    return tag in (cell.get("metadata", {}).get("tags") or [])
+
+
+def is_setup(cell) -> bool:
+    """Whether CELL runs again when a run goes on in a new kernel: tagged ``setup``, or the parameters (the
+    runbook's defaults and the injected values), which every later cell may use."""
+    tags = cell.get("metadata", {}).get("tags") or []
+    return cell.get("cell_type") == "code" and bool({SETUP_TAG, notebooks.PARAMETERS_TAG, PARAMETERS_TAG} & set(tags))
+
+
+def is_manual(cell) -> bool:
+    return _tagged(cell, MANUAL_TAG)
+
+
+def instruction(cell) -> str:
+    """What a person is to do at a manual CELL: its text (a markdown cell's source; a code cell's code)."""
+    return notebooks.cell_source(cell).strip()
+
+
+def is_marker(cell) -> bool:
+    """Whether CELL is one of papermill's error markers (not a cell of the runbook)."""
+    return _tagged(cell, ERROR_MARKER_TAG)
 
 
 def parameters_source(runbook: notebooks.Runbook, params: dict[str, Any]) -> str:
@@ -104,6 +135,16 @@ class NotebookExecution:
             nb.cells.insert((index if index is not None else -1) + 1, cell)
         return cls(nb, output=output, scrubber=scrubber, params=params, input_path=str(runbook.path))
 
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any], *, output: str, scrubber: scrub.Scrubber) -> NotebookExecution:
+        """A waiting run's own executed notebook (STORED, as read from OUTPUT), to go on with (``attest``)."""
+        import nbformat
+
+        nb = nbformat.from_dict(stored)
+        meta = nb.metadata.get("papermill", {})
+        return cls(nb, output=output, scrubber=scrubber, params=meta.get("parameters") or {},
+                   input_path=meta.get("input_path") or "")
+
     def code_cells(self) -> list[tuple[int, Any]]:
         """(index, cell) of every code cell, in order (indices as they are before any error marker)."""
         return [(i, c) for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
@@ -120,6 +161,26 @@ class NotebookExecution:
             cell.metadata["papermill"] = {"status": PENDING, "exception": None, "start_time": None,
                                           "end_time": None, "duration": None}
         self.save()
+
+    def notebook_continue(self) -> None:
+        """Going on with a stored notebook (``from_stored``): its cells' metadata kept, its start time too."""
+        meta = self.nb.metadata.setdefault("papermill", {})
+        start = meta.get("start_time")
+        self.started = datetime.fromisoformat(start) if start else _now()
+        meta.update(end_time=None, duration=None, exception=None)
+        for cell in self.nb.cells:
+            cell.metadata.setdefault("papermill", {"status": PENDING, "exception": None, "start_time": None,
+                                                   "end_time": None, "duration": None})
+        self.save()
+
+    def carry(self, index: int, old, from_run: str) -> None:
+        """Cell INDEX as it completed in run FROM_RUN (OLD: that run's stored cell): not executed again here."""
+        cell = self.nb.cells[index]
+        cell.outputs = old.get("outputs", [])
+        cell.execution_count = old.get("execution_count")
+        cell.metadata["papermill"] = {**old.get("metadata", {}).get("papermill", {}), "status": COMPLETED}
+        earlier = old.get("metadata", {}).get("stackbook", {}).get("carried_from")
+        cell.metadata.setdefault("stackbook", {})["carried_from"] = earlier or from_run
 
     def cell_start(self, cell, index: int) -> None:
         self.cell_index, self._cell_t0 = index, time.monotonic()

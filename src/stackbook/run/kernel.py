@@ -57,6 +57,7 @@ if "jsonschema" not in sys.modules:
 from nbclient import NotebookClient  # noqa: E402
 
 from stackbook.core import project  # noqa: E402
+from stackbook.core.errors import KernelCodeError  # noqa: E402
 from stackbook.core.privacy import TELEMETRY_OFF  # noqa: E402
 from stackbook.core.results import RESULTS_ENV  # noqa: E402
 from stackbook.run import runstore, scrub  # noqa: E402
@@ -65,6 +66,7 @@ from stackbook.run.execution import MARKER_CELLS  # noqa: E402
 KERNEL_START_TIMEOUT_S = 60
 TIMEOUT_GRACE_S = 10.0  # between the watchdog's interrupt and its kill
 END_GRACE_S = 2.0  # between SIGTERM and SIGKILL for the processes a run leaves behind
+SETTLE_S = 10.0  # how long a cancelled or timed-out kernel has to become idle before its state is snapshotted
 PUMP_JOIN_S = 2.0  # how long the end of a run waits for the last of the kernel's output
 RUN_ID_ENV = "STACKBOOK_RUN_ID"
 IPC_PATH_MAX = 100  # bytes of a unix socket's path: 107 on Linux, 103 on macOS, less a margin
@@ -294,6 +296,8 @@ class Outcome:
     reason: str | None = None
     error: dict | None = None
     mark_cell: int | None = None  # index (before the markers) of the cell the error markers point at, if any
+    waiting: dict | None = None  # a run stopped at a manual step: its cell_index and instruction
+    snapshot: Any = None  # the kernel state kept for ``stackbook resume`` (``snapshot.Manifest``), if any
 
 
 class Watchdog:
@@ -393,6 +397,43 @@ class Kernel:
             raise
         return True
 
+    def run_code(self, code: str, timeout: float) -> None:
+        """Run CODE in the kernel hidden: no cell, no output in the notebook, no execution count, no history.
+
+        Waits at most TIMEOUT seconds for its reply; ``KernelCodeError`` if the kernel is not running, dies,
+        does not answer in time, or CODE raised (its ename and evalue, scrubbed). Its output is dropped.
+        """
+        from nbclient.util import run_sync
+
+        run_sync(self._run_code)(code, timeout)
+
+    async def _run_code(self, code: str, timeout: float) -> None:
+        from queue import Empty
+
+        from nbclient.util import ensure_async
+
+        kc = self.client.kc
+        if kc is None or not self.alive():
+            raise KernelCodeError("the kernel is not running")
+        msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KernelCodeError(f"the kernel did not answer within {timeout:g} s")
+            try:
+                msg = await ensure_async(kc.shell_channel.get_msg(timeout=min(1.0, left)))
+            except Empty:
+                if not await ensure_async(kc.is_alive()):
+                    raise KernelCodeError("the kernel died") from None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                break
+        content = msg["content"]
+        if content.get("status") != "ok":
+            what = self.scrubber.text(f"{content.get('ename')}: {content.get('evalue')}")
+            raise KernelCodeError(f"hidden code in the kernel raised {what}")
+
     @property
     def timed_out(self) -> bool:
         return self.watchdog is not None and self.watchdog.fired.is_set()
@@ -416,6 +457,49 @@ class Kernel:
     def kill(self) -> None:
         if self.alive():
             self.signal(signal.SIGKILL)
+
+    def settle(self, exc: BaseException | None, wait_s: float = SETTLE_S) -> bool:
+        """After EXC ended the cell loop, before the kernel's state is snapshotted: the watchdog stopped (no
+        kill under a snapshot); after Ctrl-C or ``--cell-timeout`` (the cell still running) the kernel
+        interrupted and that cell's reply received, so the kernel is idle and no stale message is left for what
+        runs next. False when the kernel is gone or stays busy past WAIT_S."""
+        import asyncio
+
+        from jupyter_core.utils import ensure_event_loop
+        from nbclient.exceptions import CellTimeoutError
+
+        if self.watchdog:
+            self.watchdog.stop()
+        if not self.alive():
+            return False
+        if not isinstance(exc, (KeyboardInterrupt, CellTimeoutError)):
+            return True  # the cell raised: the kernel is idle
+        loop = ensure_event_loop()
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]  # the cell Ctrl-C left half-awaited
+        self.signal(signal.SIGINT)
+        if pending:
+            done, left = loop.run_until_complete(asyncio.wait(pending, timeout=wait_s))
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the interrupted cell's error is already recorded
+            return not left and self.alive()
+        return self._drain_reply(loop, wait_s)
+
+    def _drain_reply(self, loop, wait_s: float) -> bool:
+        """The execute reply of a cell nbclient stopped waiting for (``--cell-timeout``), read and dropped."""
+        from queue import Empty
+
+        from jupyter_core.utils import ensure_async
+
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                msg = loop.run_until_complete(ensure_async(self.client.kc.shell_channel.get_msg(timeout=0.5)))
+            except Empty:
+                continue
+            if msg.get("msg_type") == "execute_reply":
+                return self.alive()
+        return False
 
     def outcome_of(self, exc: BaseException, cell: int | None) -> Outcome:
         """The ledger's view of EXC, raised while cell CELL ran (None: before any cell)."""

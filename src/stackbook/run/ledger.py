@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from stackbook.core.errors import LedgerUnreachable, RefusedError
+from stackbook.core.errors import ApprovalRefused, LedgerUnreachable, RefusedError
 from stackbook.run import chain, db, spool
 from stackbook.run.record import COLUMNS, NEVER_STARTED, STATES, Provenance, RunRecord  # noqa: F401 (re-exported)
 
@@ -150,12 +150,35 @@ def _query(conn, sql: str, args: tuple | dict = ()) -> list[dict]:
         return cur.fetchall() if cur.description else []
 
 
+def consume_approval(conn, approval_id: str, run_id: str) -> str:
+    """APPROVAL_ID marked used by RUN_ID (inside the transaction that inserts the run's row); returns its approver.
+    ``ApprovalRefused`` (exit 3) when another run used it first, it expired meanwhile or it is gone."""
+    used = conn.execute("update stackbook.approvals set used_by = %s, used_at = now() where id = %s and used_by is "
+                        "null and (expires_at is null or expires_at > now()) returning approved_by",
+                        (run_id, approval_id)).fetchone()
+    if used:
+        return used[0]
+    row = conn.execute("select used_by from stackbook.approvals where id = %s", (approval_id,)).fetchone()
+    what = "is not in the ledger" if row is None else (f"was already used by run {row[0]}" if row[0] else "expired")
+    raise ApprovalRefused(f"approval {approval_id} {what}: an approval is good for one run; ask an approver for a "
+                          "new one with `stackbook approve` (nothing was executed)")
+
+
 def start_run(conn, *, run_id: str, runbook: str, path: str, env: str, params: dict, output: str,
-              git_commit: str | None, approved_by: str | None = None, pipeline_run_id: str | None = None,
+              git_commit: str | None, pipeline_run_id: str | None = None,
               attempt: int = 1, provenance: Provenance | None = None, kind: str = "headless",
               resumed_from: str | None = None, approval_id: str | None = None) -> None:
-    """The ``running`` row; PROVENANCE's operator None with operator_verified: the session's role."""
+    """The ``running`` row; PROVENANCE's operator None with operator_verified: the session's role. APPROVAL_ID
+    is consumed in the same transaction (``consume_approval``) and its approver is the row's ``approved_by``."""
     prov = provenance or Provenance()
+    with conn.transaction():  # the approval is used and the row inserted, or neither
+        approved_by = consume_approval(conn, approval_id, run_id) if approval_id else None
+        _insert_running(conn, run_id, runbook, path, env, params, output, git_commit, approved_by, pipeline_run_id,
+                        attempt, prov, kind, resumed_from, approval_id)
+
+
+def _insert_running(conn, run_id, runbook, path, env, params, output, git_commit, approved_by, pipeline_run_id,
+                    attempt, prov, kind, resumed_from, approval_id) -> None:
     conn.execute(
         """insert into stackbook.runs (id, runbook, path, env, status, params, output, host, pid, git_commit,
                                        approved_by, pipeline_run_id, attempt, operator, operator_verified,
@@ -193,18 +216,20 @@ def heartbeat(conn, run_id: str) -> None:
 
 
 def finish_run(conn, run_id: str, *, status: str, results: dict, error: dict | None,
-               reason: str | None, kernel_pid: int | None = None, notebook_sha256: str | None = None) -> RunRecord:
+               reason: str | None, kernel_pid: int | None = None, notebook_sha256: str | None = None,
+               waiting: dict | None = None) -> RunRecord:
     """The row's final state (KERNEL_PID fills a pid the database was away to receive) and its chain entry,
-    in one transaction: a finished run is in the chain, or not finished."""
+    in one transaction: a finished run is in the chain, or not finished. WAITING: the manual step a
+    ``waiting`` run stopped at (cleared for every other state)."""
     with conn.transaction():
         conn.execute(
             """update stackbook.runs
                   set status = %s, results = %s, error = %s, reason = %s, finished_at = now(),
                       duration_s = extract(epoch from now() - started_at), heartbeat_at = now(),
-                      kernel_pid = coalesce(kernel_pid, %s), notebook_sha256 = %s
+                      kernel_pid = coalesce(kernel_pid, %s), notebook_sha256 = %s, waiting = %s
                 where id = %s""",
             (status, json.dumps(results), json.dumps(error) if error else None, reason, kernel_pid,
-             notebook_sha256, run_id),
+             notebook_sha256, json.dumps(waiting) if waiting else None, run_id),
         )
         chain.append_run(conn, run_id)
     return get_run(conn, run_id)
@@ -216,9 +241,10 @@ def get_run(conn, run_id: str) -> RunRecord | None:
 
 
 def list_runs(conn, *, runbook: str | None = None, status: str | None = None, env: str | None = None,
-              pipeline_run_id: str | None = None, limit: int | None = 20) -> list[RunRecord]:
+              pipeline_run_id: str | None = None, limit: int | None = 20, kind: str | None = None) -> list[RunRecord]:
     where, args = [], []
-    for col, value in (("runbook", runbook), ("status", status), ("env", env), ("pipeline_run_id", pipeline_run_id)):
+    for col, value in (("runbook", runbook), ("status", status), ("env", env), ("pipeline_run_id", pipeline_run_id),
+                       ("kind", kind)):
         if value:
             where.append(f"{col} = %s")
             args.append(value)
@@ -303,15 +329,18 @@ def reap(conn, timeout_s: float | None = None) -> list[str]:
 
 
 def _mark_stale(conn, run_id: str, reason: str) -> bool:
-    """RUN_ID ``failed`` as stale, with its chain entry; False when it finished meanwhile."""
+    """RUN_ID ``failed`` as stale (a JupyterLab session ``cancelled``: it was abandoned), with its chain entry;
+    False when it finished meanwhile."""
     with conn.transaction():
         cur = conn.execute(
-            """update stackbook.runs set status = 'failed', reason = %s, finished_at = now(),
+            """update stackbook.runs set status = case when kind = 'interactive' then 'cancelled' else 'failed' end,
+                      reason = case when kind = 'interactive' then 'session abandoned: ' || %s else %s end,
+                      finished_at = now(),
                       duration_s = extract(epoch from now() - started_at),
                       error = coalesce(error, jsonb_build_object('cell_index', null, 'ename', 'StaleRun',
                                                                  'evalue', %s::text))
                 where id = %s and status = 'running'""",
-            (reason, reason, run_id),
+            (reason, reason, reason, run_id),
         )
         if not cur.rowcount:
             return False
@@ -384,9 +413,29 @@ def session(reap_stale: bool = True) -> Iterator[Any]:
         conn.close()
 
 
-def _lock_or_refuse(conn, runbook: str, env: str) -> None:
+def waiting_run(conn, runbook: str, env: str, exclude: str | None = None) -> RunRecord | None:
+    """The newest ``waiting`` row of RUNBOOK in ENV but EXCLUDE: it blocks new runs of an exclusive runbook."""
+    rows = _query(
+        conn,
+        f"select {', '.join(COLUMNS)} from stackbook.runs where runbook = %s and env = %s and status = 'waiting' "
+        "and id is distinct from %s order by started_at desc limit 1",
+        (runbook, env, exclude),
+    )
+    return RunRecord.from_row(rows[0]) if rows else None
+
+
+def _lock_or_refuse(conn, runbook: str, env: str, exclude: str | None = None) -> None:
+    """The exclusive lock of RUNBOOK in ENV, or RefusedError: another run holds it, or a run of it is waiting
+    at a manual step (EXCLUDE: the waiting run that is being continued)."""
     if try_lock(conn, runbook, env):
-        return
+        waiting = waiting_run(conn, runbook, env, exclude=exclude)
+        if waiting is None:
+            return
+        unlock(conn, runbook, env)
+        raise RefusedError(
+            f"runbook {runbook!r} is exclusive and run {waiting.id} of it is waiting at a manual step in "
+            f"environment {env!r}: confirm the step with `stackbook attest {waiting.id} --by NAME` or end it with "
+            f"`stackbook runs cancel {waiting.id}` (nothing was executed)", runbook=runbook, env=env)
     holder = running_run(conn, runbook, env)
     who = f"run {holder.id} (pid {holder.pid} on {holder.host})" if holder else "another run"
     raise RefusedError(
@@ -443,11 +492,14 @@ class OpenRun:
         return found or replace(self._row)
 
     def finish(self, status: str, *, results: dict | None = None, error: dict | None = None,
-               reason: str | None = None, notebook_sha256: str | None = None) -> RunRecord:
+               reason: str | None = None, notebook_sha256: str | None = None,
+               waiting: dict | None = None) -> RunRecord:
         """The row's final state (values already scrubbed by the caller) and its chain entry; returns the
-        finished record. NOTEBOOK_SHA256: of the executed notebook's bytes as the run store holds them."""
+        finished record. NOTEBOOK_SHA256: of the executed notebook's bytes as the run store holds them;
+        WAITING: the manual step a ``waiting`` run stopped at."""
         results = results or {}
         self._row.notebook_sha256 = notebook_sha256
+        self._row.waiting = waiting
         final = partial(self._write_final, status=status, results=results, error=error, reason=reason)
         try:
             self.record = self.link.run(final, budget_s=db.retry_budget_s())
@@ -465,7 +517,8 @@ class OpenRun:
                      reason: str | None) -> RunRecord:
         # the note is read here, after the link's reconnection (and its relock) for this very write
         return finish_run(conn, self.run_id, status=status, results=results, error=error, reason=self._noted(reason),
-                          kernel_pid=self._row.kernel_pid, notebook_sha256=self._row.notebook_sha256)
+                          kernel_pid=self._row.kernel_pid, notebook_sha256=self._row.notebook_sha256,
+                          waiting=self._row.waiting)
 
     def _spool(self, status: str, results: dict, error: dict | None, reason: str | None,
                exc: LedgerUnreachable) -> RunRecord:
@@ -473,6 +526,7 @@ class OpenRun:
         now = datetime.now(UTC)
         started = self._row.started_at or now
         record = replace(self._row, status=status, results=results, error=error, reason=reason, finished_at=now,
+                         waiting=self._row.waiting if status == "waiting" else None,
                          heartbeat_at=now, duration_s=round((now - started).total_seconds(), 3))
         self.spooled = spool.keep(record, self.link.target, self._redact)
         print(f"stackbook: {exc}. The final record of run {self.run_id} ({status}) is kept in {self.spooled}; "
@@ -494,13 +548,14 @@ class OpenRun:
 
 @contextmanager
 def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: dict, output: str,
-             exclusive: bool = False, git_commit: str | None = None, approved_by: str | None = None,
+             exclusive: bool = False, git_commit: str | None = None,
              pipeline_run_id: str | None = None, attempt: int = 1, redact: Callable[[str], str] | None = None,
              provenance: Provenance | None = None, kind: str = "headless", resumed_from: str | None = None,
              approval_id: str | None = None) -> Iterator[OpenRun]:
     """A ``running`` row for the block; finished and disconnected on every path out of it.
 
-    An exclusive runbook's lock is taken first (held: ``RefusedError``, exit 3, no row). A block that
+    An exclusive runbook's lock is taken first (held: ``RefusedError``, exit 3, no row); APPROVAL_ID is
+    consumed with the row's insert (used already: ``ApprovalRefused``, exit 3, no row). A block that
     raises leaves its row ``failed`` (``cancelled`` on Ctrl-C) naming the error, REDACT applied; a block
     that returns without calling ``finish`` leaves it ``failed`` too: no row stays ``running``. The lock
     is a session lock: it is freed when the connection closes, on every path.
@@ -509,19 +564,68 @@ def open_run(*, run_id: str, runbook: str, path: str | None, env: str, params: d
         if exclusive:
             _lock_or_refuse(conn, runbook, env)
         start_run(conn, run_id=run_id, runbook=runbook, path=path, env=env, params=params, output=output,
-                  git_commit=git_commit, approved_by=approved_by, pipeline_run_id=pipeline_run_id, attempt=attempt,
+                  git_commit=git_commit, pipeline_run_id=pipeline_run_id, attempt=attempt,
                   provenance=provenance, kind=kind, resumed_from=resumed_from, approval_id=approval_id)
-        link = db.Link(conn)
-        run = OpenRun(link, get_run(conn, run_id), redact or str, exclusive=exclusive)
-        link.on_reconnect = run.relock
-        try:
-            with Heartbeat(link, run_id):
-                try:
-                    yield run
-                except BaseException as exc:
-                    run.finish_after(exc)
-                    raise
-                if not run.finished:
-                    run.finish("failed", reason="the runner ended without finishing its run")
-        finally:
-            link.close()
+        with _held(conn, run_id, redact, exclusive) as run:
+            yield run
+
+
+@contextmanager
+def _held(conn, run_id: str, redact: Callable[[str], str] | None, exclusive: bool) -> Iterator[OpenRun]:
+    """The ``running`` row RUN_ID of CONN heartbeaten for the block; finished and disconnected on every path."""
+    link = db.Link(conn)
+    run = OpenRun(link, get_run(conn, run_id), redact or str, exclusive=exclusive)
+    link.on_reconnect = run.relock
+    try:
+        with Heartbeat(link, run_id):
+            try:
+                yield run
+            except BaseException as exc:
+                run.finish_after(exc)
+                raise
+            if not run.finished:
+                run.finish("failed", reason="the runner ended without finishing its run")
+    finally:
+        link.close()
+
+
+def _reopen(conn, run_id: str) -> bool:
+    """The ``waiting`` row RUN_ID ``running`` again, on this host and process; False when it is not waiting."""
+    cur = conn.execute(
+        """update stackbook.runs set status = 'running', host = %s, pid = %s, kernel_pid = null,
+                  heartbeat_at = now(), finished_at = null, duration_s = null
+            where id = %s and status = 'waiting'""", (hostname(), os.getpid(), run_id))
+    return bool(cur.rowcount)
+
+
+@contextmanager
+def reopen_run(*, run_id: str, runbook: str, env: str, exclusive: bool = False,
+               redact: Callable[[str], str] | None = None,
+               on_reopen: Callable[[Any], None] | None = None) -> Iterator[OpenRun]:
+    """The ``waiting`` run RUN_ID ``running`` again for the block (``stackbook attest``), as ``open_run`` holds a
+    new one: the exclusive lock taken first, then, in one transaction, the row reopened and ON_REOPEN(conn) (the
+    attestation) written. A row no longer waiting (attested or cancelled meanwhile): ``UsageError``."""
+    from stackbook.core.errors import UsageError
+
+    with session() as conn:
+        if exclusive:
+            _lock_or_refuse(conn, runbook, env, exclude=run_id)
+        with conn.transaction():
+            if not _reopen(conn, run_id):
+                raise UsageError(f"run {run_id} is no longer waiting (attested or cancelled meanwhile; see "
+                                 f"`stackbook runs show {run_id}`): nothing was executed")
+            if on_reopen:
+                on_reopen(conn)
+        with _held(conn, run_id, redact, exclusive) as run:
+            yield run
+
+
+def cancel_waiting(conn, run_id: str, reason: str) -> RunRecord | None:
+    """The ``waiting`` run RUN_ID ended ``cancelled`` with REASON (its chain entry too); None when not waiting."""
+    with conn.transaction():  # the row locked until the cancel is written: an attest meanwhile waits, then refuses
+        cur = conn.execute("select 1 from stackbook.runs where id = %s and status = 'waiting' for update", (run_id,))
+        if cur.fetchone() is None:
+            return None
+        rec = get_run(conn, run_id)
+        return finish_run(conn, run_id, status="cancelled", results=rec.results, error=rec.error, reason=reason,
+                          notebook_sha256=rec.notebook_sha256)

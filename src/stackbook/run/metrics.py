@@ -7,6 +7,7 @@ made 400,000 series, 36 MB a scrape):
 
 ``stackbook_runs_total{status}``                  runs in the ledger by final state (a counter: rows only grow)
 ``stackbook_runs_running``                        runs in progress now
+``stackbook_runs_waiting``                        runs stopped at a manual step now, until attested or cancelled
 ``stackbook_last_run_duration_seconds``           wall time of the latest finished run (label ``status``: its state)
 ``stackbook_last_run_timestamp_seconds``          when the latest finished run ended (Unix time)
 ``stackbook_last_success_timestamp_seconds``      when the latest successful run ended (Unix time)
@@ -35,7 +36,7 @@ _COUNTS = f"""select {_LABEL} as label, env, status, count(*) from stackbook.run
                group by 1, 2, 3 order by 1, 2, 3"""
 _LAST = f"""select distinct on (label, env) label, env, status, duration_s, extract(epoch from finished_at)
               from (select {_LABEL} as label, * from stackbook.runs {{where}}) runs
-             where finished_at is not null and status not in ('skipped', 'upstream_failed', 'refused')
+             where finished_at is not null and status not in ('skipped', 'upstream_failed', 'refused', 'waiting')
              order by label, env, finished_at desc"""
 _SUCCESS = f"""select {_LABEL} as label, env, max(extract(epoch from finished_at)) from stackbook.runs
                 {{where}} {{and_}} status = 'succeeded' group by 1, 2 order by 1, 2"""
@@ -79,9 +80,12 @@ class LedgerCollector:
                                     labels=["runbook", "env", "status"])
         running = GaugeMetricFamily(f"{PREFIX}_runs_running", "Runs in progress by runbook and environment",
                                     labels=["runbook", "env"])
+        waiting = GaugeMetricFamily(f"{PREFIX}_runs_waiting",
+                                    "Runs waiting at a manual step (stackbook attest) by runbook and environment",
+                                    labels=["runbook", "env"])
         for runbook, env, status, n in counts:
-            if status == "running":
-                running.add_metric([runbook, env], n)
+            if status in ("running", "waiting"):  # states a run leaves again: gauges, not the counter
+                (running if status == "running" else waiting).add_metric([runbook, env], n)
             else:
                 total.add_metric([runbook, env, status], n)
         duration = GaugeMetricFamily(f"{PREFIX}_last_run_duration_seconds",
@@ -96,7 +100,7 @@ class LedgerCollector:
                                "Unix time when the latest successful run ended", labels=["runbook", "env"])
         for runbook, env, ts in success:
             ok.add_metric([runbook, env], float(ts))
-        yield from (total, running, duration, finished, ok)
+        yield from (total, running, waiting, duration, finished, ok)
 
 
 def registry(env: str | None = None):

@@ -133,19 +133,33 @@ def forms(value: str) -> set[str]:
     return {f for f in out if len(f) >= MIN_SECRET_LENGTH}
 
 
+def _byte_forms(value: str) -> set[bytes]:
+    """Every form of a secret VALUE as UTF-8 bytes (how pickle stores text and bytes), and the value itself also as
+    UTF-16 and UTF-32 (little-endian: numpy's text arrays) and Latin-1 bytes."""
+    out = {form.encode() for form in forms(value)} | {value.encode("utf-16-le"), value.encode("utf-32-le")}
+    try:
+        out.add(value.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    return out
+
+
 class Scrubber:
     """Replaces every form of every secret with ``[secret:NAME]``."""
 
     def __init__(self, secrets: dict[str, str] | None = None, enabled: bool = True):
         self.enabled = enabled
         self._replacements: dict[str, str] = {}
+        self._values: dict[str, str] = {}  # for ``secrets_in``
         for name, value in (secrets or {}).items():
             if value and len(value) >= MIN_SECRET_LENGTH:
+                self._values[name] = value
                 for form in forms(value):
                     self._replacements[form] = f"[secret:{name}]"
         # longest first, so a form that contains another is replaced whole
         ordered = sorted(self._replacements, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._needles: list[tuple[str, set[bytes]]] | None = None  # ``secrets_in``'s byte forms, made on first use
 
     def __bool__(self) -> bool:
         return bool(self.enabled and self._pattern)
@@ -157,6 +171,15 @@ class Scrubber:
 
     def _replacement(self, match: re.Match) -> str:
         return self._replacements[match.group(0)]
+
+    def secrets_in(self, data: bytes | Any) -> set[str]:
+        """Names of the secrets DATA (bytes, or a read-only ``mmap`` of a file) holds in any form ``forms`` knows
+        (``_byte_forms``). For files stackbook cannot scrub, only keep or delete (kernel snapshots)."""
+        if not self:
+            return set()
+        if self._needles is None:
+            self._needles = [(name, _byte_forms(value)) for name, value in self._values.items()]
+        return {name for name, needles in self._needles if any(data.find(n) != -1 for n in needles)}
 
     def obj(self, value: Any) -> Any:
         """Scrub every string inside a JSON-like structure (keys included)."""

@@ -6,6 +6,9 @@ pipeline's (expanded) parameters, so a task is checked, recorded and scrubbed
 like any ``stackbook run``. Retries, their delay (doubled each time) and the
 timeout come from the runbook's metadata (``retries``, ``retry_delay_s``,
 ``timeout`` plus a grace period, so the runner's own timeout fires first).
+A retry of a runbook whose metadata says ``resumable: true`` resumes the failed
+try where it stopped (``stackbook run ... --resume-retries``: the previous try
+is found in the ledger by the DAG run's id and Airflow's try number).
 
 The generated files read, when the scheduler parses them:
 
@@ -177,9 +180,15 @@ def _source_ref(source_path: Path | None, written: str, root: Path) -> str:
         return str(source_path.resolve())
 
 
-def scheduler_args(dag: str) -> list[str]:
-    """What ties a task's ledger row to its DAG run: Airflow renders these templates for each try."""
-    return ["--pipeline-run", f"airflow:{dag}:{{{{ run_id }}}}", "--attempt", "{{ ti.try_number }}"]
+def scheduler_args(dag: str, resumable: bool = False) -> list[str]:
+    """What ties a task's ledger row to its DAG run: Airflow renders these templates for each try.
+
+    RESUMABLE (the runbook's metadata says ``resumable: true``): ``--resume-retries``, so that a retry
+    continues the previous try's failed run where it stopped (``stackbook.pipelines.repair.run_retry``
+    finds that run in the ledger by DAG run and try number; without a snapshot it runs from the start).
+    """
+    args = ["--pipeline-run", f"airflow:{dag}:{{{{ run_id }}}}", "--attempt", "{{ ti.try_number }}"]
+    return args + ["--resume-retries"] if resumable else args
 
 
 def _task_line(var: str, task_id: str, args: list[str], retries: int, delay: float, timeout: float | None) -> str:
@@ -220,7 +229,7 @@ def dag_source(item: Scheduled, env: str = DEFAULT_SCHEDULE_ENV, root: Path | No
             args = ["run", ref, "-e", "{env}"]
             for key, value in params.get(tname, {}).items():
                 args += ["-p", f"{key}={_param_text(value)}"]
-            args += scheduler_args(dag_id(item))
+            args += scheduler_args(dag_id(item), bool(meta.get("resumable")))
             tasks.append(_task_line(names[tname], tname, args, int(meta.get("retries") or 0),
                                     float(meta.get("retry_delay_s") or 10), meta.get("timeout")))
             for up in t.upstream:
@@ -229,9 +238,10 @@ def dag_source(item: Scheduled, env: str = DEFAULT_SCHEDULE_ENV, root: Path | No
     else:
         rb = item.source
         origin = str(Path(rb.path).resolve().relative_to(root.resolve())) if rb else item.name
-        tasks.append(_task_line(_py_name(item.name), item.name,
-                                ["run", item.name, "-e", "{env}", "--attempt", "{{ ti.try_number }}"], item.retries,
-                                item.retry_delay_s or 10, item.timeout))
+        resumable = bool(rb and rb.metadata.get("resumable"))
+        tries = scheduler_args(dag_id(item), True) if resumable else ["--attempt", "{{ ti.try_number }}"]
+        tasks.append(_task_line(_py_name(item.name), item.name, ["run", item.name, "-e", "{env}", *tries],
+                                item.retries, item.retry_delay_s or 10, item.timeout))
         title = f"stackbook runbook `{item.name}` as an Airflow DAG."
     return TEMPLATE.format(
         title=title, description=item.description or "", origin=origin, root=str(root), env=env, image=image,
