@@ -87,7 +87,7 @@ def test_the_readme_exit_codes_are_the_codes_the_errors_carry():
     table = {int(code) for code in re.findall(r"^\| (\d+) \|", _section("Exit codes"), flags=re.M)}
     carried = {cls.exit_code for cls in vars(errors).values()
                if isinstance(cls, type) and issubclass(cls, errors.StackbookError)}
-    assert table == carried | {0, common.EXIT_CANCELLED, common.EXIT_BROKEN_PIPE}
+    assert table == carried | {0, errors.EXIT_WAITING, common.EXIT_CANCELLED, common.EXIT_BROKEN_PIPE}
 
 
 CITING = ["Makefile", ".ci/run", "README.md", "pyproject.toml", "_toc.yml", "_config.yml",

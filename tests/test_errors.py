@@ -64,7 +64,7 @@ def test_exception_names_are_unique_across_the_package():
 
 def test_every_error_has_a_docstring_and_a_documented_exit_code():
     documented = {int(c) for c in re.findall(r"^\| (\d+) \|", README.read_text(), flags=re.M)} | {141}
-    assert set(errors.EXIT_CODES) == documented == {0, 1, 2, 3, 130, 141}
+    assert set(errors.EXIT_CODES) == documented == {0, 1, 2, 3, errors.EXIT_WAITING, 130, 141}
     for cls in _exception_classes().values():
         if issubclass(cls, errors.StackbookError):
             assert cls.exit_code in errors.EXIT_CODES, cls

@@ -37,7 +37,7 @@ def lost_primary(database_url):
 def test_failover_restores_waits_for_the_person_then_verifies(cli, db, lost_primary):
     standby = f"{lost_primary}_standby"
     res = cli("run", "failover", "-p", "dry_run=false", "-p", f"database={lost_primary}", "--json")
-    assert res.code == 0, res
+    assert res.code == 4, res
     rec = res.json()
     assert rec["status"] == "waiting" and "Point the application" in rec["waiting"]["instruction"]
     with sdb.connect(standby) as conn:  # restored and verified before the manual step

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from stackbook.run import ledger, snapshot
 from tests.conftest import ROOT
 
@@ -18,9 +20,22 @@ INSTRUCTION = "Switch DNS to the standby, then confirm."
 MANUAL_CELL = 5  # 0 title, 1 parameters, 2 injected, 3 setup, 4 before, 5 the manual step, 6 after
 
 
+@pytest.fixture(autouse=True)
+def _no_waiting_manual_runs(cli, db):
+    """A test that failed half-way leaves its run waiting, and a waiting exclusive runbook blocks the next test:
+    every waiting run of the fixture is cancelled before and after each test."""
+    def cancel_all():
+        ids = [r[0] for r in db.execute("select id from stackbook.runs where runbook = 'manual' and status = 'waiting'")]
+        for run_id in ids:
+            assert cli("runs", "cancel", run_id).code == 0
+    cancel_all()
+    yield
+    cancel_all()
+
+
 def _waiting(cli, tmp_path: Path, env: str) -> dict:
     res = cli("run", MANUAL, "-e", env, "-p", f"counter={tmp_path / 'counter'}", "--json")
-    assert res.code == 0, res  # waiting is not a failure: exit 0, and stderr says how to go on
+    assert res.code == 4, res  # waiting: not failed, not done (exit 4), and stderr says how to go on
     rec = res.json()
     assert "stackbook attest" in res.err and rec["id"] in res.err
     return rec
@@ -78,7 +93,7 @@ def test_runs_cancel_ends_a_waiting_run_and_refuses_others(cli, db, tmp_path):
     assert attest.code == 2 and "cancelled" in attest.err, attest
     assert (tmp_path / "counter").read_text().splitlines() == ["before"]
     free = cli("run", MANUAL, "-e", "staging", "-p", f"counter={tmp_path / 'next'}", "--json")
-    assert free.code == 0 and free.json()["status"] == "waiting", free  # no longer blocked
+    assert free.code == 4 and free.json()["status"] == "waiting", free  # no longer blocked
     cli("runs", "cancel", free.json()["id"])
     snapshot.remove(rec["id"])
     snapshot.remove(free.json()["id"])

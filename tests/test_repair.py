@@ -167,7 +167,7 @@ def test_airflow_retry_of_a_resumable_runbook_resumes_the_failed_try(tmp_path, c
 
 
 def test_a_task_waiting_at_a_manual_step_holds_its_dependents_until_attested_then_repair(tmp_path, cli, db):
-    """m stops at a manual step: the pipeline ends `waiting` (exit 0, as `stackbook run`), n does not run and no
+    """m stops at a manual step: the pipeline ends `waiting` (exit 4, as `stackbook run`), n does not run and no
     retry starts; a repair is refused until someone attests; after `attest`, the repair keeps m and runs n."""
     tally = tmp_path / "counts.txt"
     spec = pipeline(tmp_path / f"manual{uuid.uuid4().hex[:6]}", [
@@ -177,7 +177,7 @@ def test_a_task_waiting_at_a_manual_step_holds_its_dependents_until_attested_the
          "params": {"label": "n", "counts": str(tally)}},
     ])
     first = cli("pipeline", "run", str(spec), "--json")
-    assert first.code == 0, first
+    assert first.code == 4, first  # a task waits for a person: exit 4, its dependents did not run
     summary = first.json()
     t = by_task(summary)
     assert summary["status"] == "waiting" and summary["waiting"] == ["m"] and summary["failed"] == []

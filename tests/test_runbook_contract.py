@@ -67,6 +67,12 @@ class TestRunbook:
         assert "assert " in source, f"{path.stem}: no verification cell"
         assert "stackbook.record(" in source, f"{path.stem}: records no result"
 
+    def test_ends_with_finish_for_a_lab_session(self, path: Path):
+        """The last code cell is `stackbook.finish()`: it ends a JupyterLab session's run (issue 15) and does
+        nothing headless."""
+        last = code_cells(json.loads(path.read_text()))[-1]
+        assert "".join(last["source"]).strip() == "stackbook.finish()", f"{path.stem}: last cell is not finish()"
+
     def test_setup_cells_open_what_a_resumed_run_needs(self, path: Path):
         """The cells a resumed run re-runs (imports, connections, clients) are tagged `setup`: the first code
         cell after the parameters cell at least, never the parameters cell."""

@@ -9,6 +9,7 @@ import click
 
 from stackbook.cli.common import emit_json, exit_if_broken, handle_errors, sigterm_as_interrupt, table
 from stackbook.core.environments import DEFAULT_ENV
+from stackbook.core.errors import EXIT_WAITING
 
 
 @click.group()
@@ -100,19 +101,20 @@ def _why(t: dict) -> str:
 
 
 def _exit_with_outcome(summary: dict) -> None:
-    """Exit 1 when a task failed, 3 when one was refused (an exclusive runbook held by another run), else 0."""
+    """Exit 1 when a task failed, 3 when one was refused (an exclusive runbook held by another run), 4 when one
+    waits at a manual step, else 0."""
     see = f"(see `stackbook runs --pipeline-run {summary['pipeline_run_id']}`)"
     if summary["status"] == "refused":
         click.echo(f"stackbook: pipeline {summary['pipeline']} refused: task(s) {', '.join(summary['refused'])} "
                    f"not run, another run holds their exclusive runbook's lock; run again when it is done {see}",
                    err=True)
         sys.exit(3)
-    if summary["status"] == "waiting":  # as `stackbook run` has it: exit 0, a person goes on
+    if summary["status"] == "waiting":  # as `stackbook run` has it: exit 4, a person goes on
         click.echo(f"stackbook: pipeline {summary['pipeline']}: task(s) {', '.join(summary['waiting'])} wait at a "
                    "manual step; their dependents did not run: confirm with `stackbook attest RUN_ID --by NAME`, "
                    f"then `stackbook pipeline run {summary['pipeline']} --repair {summary['pipeline_run_id']}` {see}",
                    err=True)
-        return
+        sys.exit(EXIT_WAITING)
     if summary["status"] != "succeeded":
         click.echo(f"stackbook: pipeline {summary['pipeline']} failed: task(s) {', '.join(summary['failed'])} "
                    f"did not succeed {see}", err=True)

@@ -114,7 +114,7 @@ def run(name, env, params, params_file, cell_timeout, timeout, log_output, cwd, 
     NAME is a runbook's file stem or a path to any .ipynb file (one without a
     parameters cell runs when given no values). Precedence of
     values: -p over -f over the environment file over the notebook's defaults.
-    Exit codes: 0 succeeded (or waiting at a manual step: `stackbook attest`), 1 failed or timed out,
+    Exit codes: 0 succeeded, 4 waiting at a manual step (`stackbook attest`), 1 failed or timed out,
     2 bad input (nothing ran), 3 refused (exclusive runbook already running, or no matching approval).
     """
     from stackbook import notify
@@ -167,7 +167,7 @@ def _resumed_env(run_id: str) -> str:
 
 def _report(rec: RunRecord, environment, as_json: bool, tell_routes: bool = True, extra: dict | None = None) -> None:
     """The finished record printed (or as JSON), the routes told, the outcome on stderr, and the exit code:
-    0 succeeded or waiting at a manual step, else 1."""
+    0 succeeded, 4 waiting at a manual step, else 1."""
     from stackbook import notify
 
     if as_json:
@@ -180,7 +180,6 @@ def _report(rec: RunRecord, environment, as_json: bool, tell_routes: bool = True
         click.echo(f"stackbook: run {rec.id} is waiting at a manual step (cell {rec.waiting['cell_index']}): "
                    f"{rec.waiting['instruction'][:200]!r}; when done, confirm with `stackbook attest {rec.id} "
                    f"--by NAME` (or end it with `stackbook runs cancel {rec.id}`)", err=True)
-        sys.exit(0)
     if not rec.succeeded:
         click.echo(f"stackbook: {rec.describe_failure()}", err=True)
     sys.exit(rec.exit_code)

@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 #: the exit codes stackbook documents (README, "Exit codes"): success, failed, bad usage, refused,
-#: cancelled, reader gone
-EXIT_CODES = (0, 1, 2, 3, 130, 141)
+#: waiting at a manual step, cancelled, reader gone
+EXIT_WAITING = 4  # not a failure and not done: a person must confirm a step (``stackbook attest``)
+EXIT_CODES = (0, 1, 2, 3, EXIT_WAITING, 130, 141)
 
 
 # --- the root and the three kinds of failure ---------------------------------------------------

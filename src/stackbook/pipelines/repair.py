@@ -204,6 +204,11 @@ def run_retry(name: str, options: runner.RunOptions,
     previous = None
     if options.pipeline_run_id and options.attempt > 1 and prepared.runbook.metadata.get("resumable"):
         previous = previous_attempt(options.pipeline_run_id, prepared.runbook.name, options.attempt, options.env)
+    if previous is not None and previous.status == "waiting":  # a person's step, not a failure: never rerun it
+        raise UsageError(f"try {options.attempt - 1} of {prepared.runbook.name!r} (run {previous.id}) is waiting at a "
+                         f"manual step: confirm it with `stackbook attest {previous.id} --by NAME` (or end it with "
+                         f"`stackbook runs cancel {previous.id}`) instead of retrying (nothing was executed)",
+                         runbook=prepared.runbook.name, env=options.env)
     rec, note = execute_attempt(prepared, resume_from_after(prepared, previous), on_start=on_start)
     if note is None and previous is None and options.attempt > 1 and prepared.runbook.metadata.get("resumable"):
         note = f"no run of attempt {options.attempt - 1} in pipeline run {options.pipeline_run_id}; ran from the start"

@@ -257,13 +257,15 @@ def list_runs(conn, *, runbook: str | None = None, status: str | None = None, en
     return [RunRecord.from_row(r) for r in _query(conn, sql, tuple(args))]
 
 
-def running_run(conn, runbook: str, env: str, exclude: str | None = None) -> RunRecord | None:
-    """The newest ``running`` row of RUNBOOK in ENV but EXCLUDE (the holder of its lock, for the refusal message)."""
+def running_run(conn, runbook: str, env: str, exclude: str | None = None,
+                status: str = "running") -> RunRecord | None:
+    """The newest row of RUNBOOK in ENV in STATUS but EXCLUDE: the holder of its lock (``running``, for the
+    refusal message), or a ``waiting`` run, which blocks new runs of an exclusive runbook."""
     rows = _query(
         conn,
-        f"select {', '.join(COLUMNS)} from stackbook.runs where runbook = %s and env = %s and status = 'running' "
+        f"select {', '.join(COLUMNS)} from stackbook.runs where runbook = %s and env = %s and status = %s "
         "and id is distinct from %s order by started_at desc limit 1",
-        (runbook, env, exclude),
+        (runbook, env, status, exclude),
     )
     return RunRecord.from_row(rows[0]) if rows else None
 
@@ -413,22 +415,11 @@ def session(reap_stale: bool = True) -> Iterator[Any]:
         conn.close()
 
 
-def waiting_run(conn, runbook: str, env: str, exclude: str | None = None) -> RunRecord | None:
-    """The newest ``waiting`` row of RUNBOOK in ENV but EXCLUDE: it blocks new runs of an exclusive runbook."""
-    rows = _query(
-        conn,
-        f"select {', '.join(COLUMNS)} from stackbook.runs where runbook = %s and env = %s and status = 'waiting' "
-        "and id is distinct from %s order by started_at desc limit 1",
-        (runbook, env, exclude),
-    )
-    return RunRecord.from_row(rows[0]) if rows else None
-
-
 def _lock_or_refuse(conn, runbook: str, env: str, exclude: str | None = None) -> None:
     """The exclusive lock of RUNBOOK in ENV, or RefusedError: another run holds it, or a run of it is waiting
     at a manual step (EXCLUDE: the waiting run that is being continued)."""
     if try_lock(conn, runbook, env):
-        waiting = waiting_run(conn, runbook, env, exclude=exclude)
+        waiting = running_run(conn, runbook, env, exclude=exclude, status="waiting")
         if waiting is None:
             return
         unlock(conn, runbook, env)

@@ -102,8 +102,11 @@ class RunRecord:
 
     @property
     def exit_code(self) -> int:
-        """``stackbook run``'s exit code for this record: 0 succeeded, else 1 (130 is raised, not returned)."""
-        return 0 if self.succeeded else 1
+        """``stackbook run``'s exit code for this record: 0 succeeded, 4 waiting at a manual step (a scheduler must
+        not start what depends on it), else 1 (130 is raised, not returned)."""
+        from stackbook.core.errors import EXIT_WAITING
+
+        return 0 if self.succeeded else EXIT_WAITING if self.status == "waiting" else 1
 
     def describe_failure(self) -> str:
         """One line for standard error: the runbook, its state, the failing cell and error, where the notebook is."""
