@@ -79,7 +79,7 @@ UNTOUCHED := $(VENV)/.untouched.json
 
 test: lint up airflow  ## lint, the test suite (all but the slow tests), then every runbook with its small defaults (nbmake)
 	$(BIN)/python tests/check_untouched.py snapshot $(UNTOUCHED)
-	$(BIN)/python -m pytest tests -m "not slow" --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900; status=$$?; \
+	$(BIN)/python -m pytest tests -m "not slow" --nbmake $(RUNBOOK_DIRS) --nbmake-timeout=900 --durations=15; status=$$?; \
 		$(BIN)/python tests/check_untouched.py compare $(UNTOUCHED) && exit $$status
 
 test-slow: up airflow  ## the slow integration tests only (Airflow's scheduler, the daily pipeline on a managed PostgreSQL)
@@ -110,6 +110,9 @@ bench: up airflow  ## ratio benchmarks against their floors (not part of make te
 	$(BIN)/python benchmarks/evidence_chain.py
 	$(BIN)/python benchmarks/quality_overhead.py
 	$(BIN)/python benchmarks/serving_latency.py
+	$(BIN)/python benchmarks/book_chain.py
+	$(BIN)/python benchmarks/snapshot.py
+	$(BIN)/python benchmarks/resume.py
 
 clean:  ## remove the virtual environment (keeps .stackbook: your database and runs)
 	rm -rf $(VENV)

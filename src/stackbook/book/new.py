@@ -82,6 +82,11 @@ assert dry_run or applied == planned, "not everything planned was applied\""""),
 Recorded results reach the run ledger and the book."""),
         ("code", """stackbook.record("planned", len(planned))
 stackbook.record("applied", len(applied))"""),
+        ("md", f"""## Done
+
+Stepping through this runbook in JupyterLab (`stackbook lab {name}`)? Run this last cell:
+it finishes the session's run, recorded like a headless one. A headless run ends here by itself."""),
+        ("code", "stackbook.finish()"),
     ]
 
 

@@ -276,9 +276,12 @@ def _continued(rec_of, env_of, as_json: bool, extra_key: str | None = None) -> N
               help="For a run that left no snapshot: run the setup cells, then go on at cell N of its executed "
                    "notebook (`stackbook runs show RUN_ID` names the cell it stopped at).")
 @click.option("--allow-changed", is_flag=True, help="Go on although the runbook's code changed since that run.")
+@click.option("--approval", "approval", default=None, metavar="ID",
+              help="The recorded approval a resumed destructive, non-dry run needs, as any run does (`stackbook "
+                   "approve` of the same runbook, environment and parameters).")
 @_common_run_options
 @handle_errors
-def resume(run_id, from_cell, allow_changed, cell_timeout, timeout, log_output, cwd, as_json) -> None:
+def resume(run_id, from_cell, allow_changed, approval, cell_timeout, timeout, log_output, cwd, as_json) -> None:
     """Continue failed, timed-out or cancelled run RUN_ID where it stopped, as a new run.
 
     Same environment and parameters; the cells that completed are carried over, the kernel's
@@ -292,7 +295,7 @@ def resume(run_id, from_cell, allow_changed, cell_timeout, timeout, log_output, 
     def go(scrub_values, on_start):
         options = runner.RunOptions(env=old.env, cell_timeout=cell_timeout, timeout=timeout, log_output=log_output,
                                     cwd=cwd, from_cell=from_cell, allow_changed=allow_changed,
-                                    scrub_values=scrub_values)
+                                    approval_id=approval, scrub_values=scrub_values)
         return runner.resume(run_id, options, on_start=on_start), None
 
     _continued(go, old.env, as_json)
