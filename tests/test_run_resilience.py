@@ -252,6 +252,31 @@ def test_spooled_records_are_applied_once_scrubbed_and_never_over_a_finished_row
             conn.execute("delete from stackbook.runs where runbook = %s", (runbook,))
 
 
+def test_a_spooled_waiting_or_interactive_record_keeps_its_step_and_its_cells(database_url):
+    """The jsonb columns of schema 3 come back from the spool: a run that ended `waiting` while the database was
+    away keeps the step it waits at; a lab session's record (a row the database never got) keeps its cells."""
+    runbook = f"spooled_{secrets.token_hex(4)}"
+    step = {"cell_index": 5, "instruction": "Switch DNS to the standby, then confirm."}
+    cells = [{"index": 3, "ok": True, "sha256": "ab" * 32}]
+    with ledger.session() as conn:
+        target = db_mod.target_of(conn)
+        running = _spool_record(conn, runbook)
+    waiting = replace(running, status="waiting", waiting=step, finished_at=datetime.now(UTC), duration_s=1.0)
+    session = replace(running, id=ledger.new_run_id(), kind="interactive", status="succeeded", cells=cells,
+                      finished_at=datetime.now(UTC), duration_s=2.0)
+    for rec in (waiting, session):
+        spool.keep(rec, target, redact=str)
+    try:
+        with ledger.session() as conn:
+            rows = {r.id: r for r in ledger.list_runs(conn, runbook=runbook, limit=None)}
+        assert rows[waiting.id].status == "waiting" and rows[waiting.id].waiting == step
+        assert rows[session.id].kind == "interactive" and rows[session.id].cells == cells
+        assert not any(p.name.startswith(tuple(rows)) for p in spool.pending(target))
+    finally:
+        with ledger.session(reap_stale=False) as conn:
+            conn.execute("delete from stackbook.runs where runbook = %s", (runbook,))
+
+
 def test_a_bad_retry_budget_is_refused_naming_the_setting(monkeypatch):
     monkeypatch.setenv(db_mod.RETRY_ENV, "soon")
     with pytest.raises(db_mod.DatabaseUnavailable, match="STACKBOOK_DB_RETRY_S='soon' is not a number of seconds"):

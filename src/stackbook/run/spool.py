@@ -73,7 +73,8 @@ def pending(target: str) -> list[Path]:
 _UPDATE = """update stackbook.runs
                 set status = %(status)s, results = %(results)s, error = %(error)s, reason = %(reason)s,
                     finished_at = %(finished_at)s, duration_s = %(duration_s)s, heartbeat_at = %(heartbeat_at)s,
-                    kernel_pid = coalesce(kernel_pid, %(kernel_pid)s), notebook_sha256 = %(notebook_sha256)s
+                    kernel_pid = coalesce(kernel_pid, %(kernel_pid)s), notebook_sha256 = %(notebook_sha256)s,
+                    waiting = %(waiting)s
               where id = %(id)s
                 and (status = 'running' or (status = 'failed' and error ->> 'ename' = 'StaleRun'))"""
 _INSERT = (f"insert into stackbook.runs ({', '.join(COLUMNS)}) values ({', '.join(f'%({c})s' for c in COLUMNS)}) "
@@ -87,7 +88,7 @@ def apply(conn, record: RunRecord) -> bool:
     from stackbook.run import chain
 
     doc = record.to_document()
-    for key in ("params", "results", "error"):
+    for key in ("params", "results", "error", "waiting", "cells"):  # the jsonb columns
         doc[key] = json.dumps(doc[key]) if doc[key] is not None else None
     with conn.transaction():
         if not (conn.execute(_UPDATE, doc).rowcount or conn.execute(_INSERT, doc).rowcount):
