@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -154,3 +157,27 @@ def delete_mlflow_names(experiment: str, model: str) -> None:
     if found is not None:
         client.delete_experiment(found.experiment_id)
     shutil.rmtree(train.artifacts_root() / experiment, ignore_errors=True)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's (`make system-deps`), never `playwright install`
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_missing() -> bool:
+    return not Path(CHROMIUM).exists() and not shutil.which("chromium")
+
+
+@contextmanager
+def chromium() -> Iterator:
+    """Headless Chromium driven by Playwright, closed on the way out; the test is skipped where it is missing."""
+    if chromium_missing():
+        pytest.skip("Chromium is not installed: run `make system-deps`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
@@ -18,15 +17,11 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import pytest
 
 from stackbook.core import catalog
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, chromium, chromium_missing, run_cli
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RESULTS = ROOT / "test-results"
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
-                                reason="Chromium is not installed: run `make system-deps`")
+pytestmark = pytest.mark.skipif(chromium_missing(), reason="Chromium is not installed: run `make system-deps`")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -56,12 +51,8 @@ def site(database_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(site):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture()

@@ -26,13 +26,10 @@ import pytest
 
 from stackbook.core import project
 from stackbook.run import session as session_mod
-from tests.conftest import ROOT, STACKBOOK, run_cli, wait_for
+from tests.conftest import ROOT, STACKBOOK, chromium, run_cli, wait_for
 
 FIXTURE = str(ROOT / "tests" / "fixtures" / "lab" / "lab_session.ipynb")
 RUNBOOK = "lab_session"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # the cells of the session copy: 0 markdown, 1 parameters, 2 injected, 3 records, 4 raises if asked, 5, 6 finish
 FAIL_CELL, AFTER_CELL = 4, 5
 
@@ -116,14 +113,8 @@ def sessions(database_url):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Chromium is not installed: run `make system-deps`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture()
